@@ -1,0 +1,77 @@
+-- The catalog schema: one DuckDB file per output folder. JSON columns hold JSON text.
+
+-- name: settings
+-- No network, ever: extensions are neither installed nor loaded behind the user's back.
+SET autoinstall_known_extensions = false;
+SET autoload_known_extensions = false;
+SET preserve_insertion_order = true;
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS build_runs (
+    build_id        VARCHAR PRIMARY KEY,
+    started_at      TIMESTAMP NOT NULL,
+    finished_at     TIMESTAMP,
+    ehrprep_version VARCHAR NOT NULL,
+    config          VARCHAR NOT NULL, -- JSON: the recipe and options
+    inputs          VARCHAR NOT NULL, -- JSON: the files found, with sizes
+    status          VARCHAR NOT NULL, -- running | succeeded
+    stats           VARCHAR           -- JSON: notes and characters per reason, seconds
+);
+
+-- One row per input note: kept, or the single reason it was dropped.
+CREATE TABLE IF NOT EXISTS note_decisions (
+    build_id   VARCHAR NOT NULL,
+    source     VARCHAR NOT NULL, -- mimic-iii | mimic-iv
+    note_id    VARCHAR NOT NULL, -- ROW_ID as text (MIMIC-III), note_id (MIMIC-IV)
+    subject_id BIGINT NOT NULL,
+    hadm_id    BIGINT,
+    category   VARCHAR NOT NULL,
+    reason     VARCHAR NOT NULL
+);
+
+-- The normalized kept notes, in build order (`seq`); later stages read from here.
+CREATE TABLE IF NOT EXISTS corpus (
+    seq        BIGINT NOT NULL,
+    note_id    VARCHAR NOT NULL,
+    source     VARCHAR NOT NULL,
+    subject_id BIGINT NOT NULL,
+    hadm_id    BIGINT,
+    category   VARCHAR NOT NULL,
+    text       VARCHAR NOT NULL
+);
+
+-- name: stage
+-- Working tables of a build, dropped when it succeeds.
+CREATE TABLE stage_notes (
+    ord        BIGINT NOT NULL,
+    source     VARCHAR NOT NULL,
+    note_id    VARCHAR NOT NULL,
+    row_id     BIGINT,
+    subject_id BIGINT NOT NULL,
+    hadm_id    BIGINT,
+    category   VARCHAR NOT NULL,
+    charttime  TIMESTAMP,
+    storetime  TIMESTAMP,
+    cgid       BIGINT,
+    iserror    BOOLEAN NOT NULL,
+    text       VARCHAR NOT NULL
+);
+CREATE TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
+CREATE TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);
+CREATE TABLE stage_excluded (subject_id BIGINT NOT NULL);
+
+-- name: drop_stage
+DROP TABLE IF EXISTS stage_notes;
+DROP TABLE IF EXISTS stage_icustays;
+DROP TABLE IF EXISTS stage_task_rows;
+DROP TABLE IF EXISTS stage_excluded;
+DROP TABLE IF EXISTS stage_reasons;
+DROP TABLE IF EXISTS raw_file;
+
+-- name: insert_build_run
+INSERT INTO build_runs (build_id, started_at, ehrprep_version, config, inputs, status)
+VALUES (?, now()::TIMESTAMP, ?, ?, ?, 'running');
+
+-- name: finish_build_run
+UPDATE build_runs SET finished_at = now()::TIMESTAMP, status = 'succeeded', stats = ?
+WHERE build_id = ?;

@@ -1,0 +1,59 @@
+-- The paper's corpus recipe, up to the rules that need normalized text (`empty` and
+-- `exact_duplicate` are decided in Rust, in build order). Rules apply in this order and each
+-- dropped note gets exactly one reason: a note dropped by an earlier rule does not take part
+-- in later ones (an ISERROR row never supersedes a draft).
+
+-- name: reasons
+-- Parameter 1: apply the era rule (MIMIC-IV-Note is also being built and ICUSTAYS is known).
+CREATE OR REPLACE TABLE stage_reasons AS
+WITH carevue_only AS (
+    -- Patients whose every ICU stay was charted in CareVue; everyone else overlaps MIMIC-IV.
+    SELECT subject_id FROM stage_icustays
+    GROUP BY subject_id HAVING bool_and(dbsource = 'carevue')
+),
+task_subjects AS (
+    SELECT DISTINCT n.subject_id
+    FROM stage_task_rows t JOIN stage_notes n ON n.source = 'mimic-iii' AND n.row_id = t.row_id
+),
+first_rules AS (
+    SELECT ord, source, subject_id, category, charttime, storetime, cgid,
+        CASE
+            WHEN iserror THEN 'error_flag'
+            WHEN ?::BOOLEAN AND source = 'mimic-iii'
+                 AND category IN ('Radiology', 'Discharge summary')
+                 AND subject_id NOT IN (SELECT subject_id FROM carevue_only) THEN 'era_overlap'
+            WHEN subject_id IN (SELECT subject_id FROM task_subjects) THEN 'task_patient'
+            WHEN subject_id IN (SELECT subject_id FROM stage_excluded) THEN 'excluded_subject'
+        END AS reason
+    FROM stage_notes
+),
+drafts AS (
+    -- Re-saved MIMIC-III notes: within one (CHARTTIME, SUBJECT_ID, CATEGORY, CGID) keep the
+    -- latest STORETIME (ties: the later row). A NULL CGID never matches: system notes such
+    -- as radiology reports share CHARTTIME without being drafts of each other.
+    SELECT ord, row_number() OVER (
+        PARTITION BY charttime, subject_id, category, cgid
+        ORDER BY storetime DESC NULLS LAST, ord DESC
+    ) AS version
+    FROM first_rules
+    WHERE reason IS NULL AND source = 'mimic-iii' AND charttime IS NOT NULL AND cgid IS NOT NULL
+)
+SELECT f.ord, coalesce(f.reason, CASE WHEN d.version > 1 THEN 'draft_superseded' END) AS reason
+FROM first_rules f LEFT JOIN drafts d USING (ord)
+ORDER BY f.ord;
+
+-- name: task_rows_unmatched
+-- Task ROW_IDs that are not in NOTEEVENTS: their patients cannot be removed.
+SELECT count(DISTINCT t.row_id) FROM stage_task_rows t
+WHERE t.row_id NOT IN (SELECT row_id FROM stage_notes WHERE source = 'mimic-iii' AND row_id IS NOT NULL);
+
+-- name: note_batch
+-- One batch of notes in build order, with the reason from the set rules (NULL: still in).
+SELECT n.ord, n.source, n.note_id, n.subject_id, n.hadm_id, n.category, r.reason,
+       CASE WHEN r.reason IS NULL THEN n.text END AS text, length(n.text) AS chars
+FROM stage_notes n JOIN stage_reasons r USING (ord)
+WHERE n.ord >= ? AND n.ord < ?
+ORDER BY n.ord;
+
+-- name: note_count
+SELECT count(*), coalesce(max(ord) + 1, 0) FROM stage_notes;

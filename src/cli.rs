@@ -1,0 +1,290 @@
+//! The command line: clap types, parsing, and one function per subcommand. Stage code never
+//! sees these types; it gets a [`BuildConfig`] or plain values.
+//!
+//! Exit codes: 0 success, 2 error. Errors print once as `error: ...` with indented causes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::normalize::Deid;
+use crate::pipeline::{BuildConfig, Recipe, run_build};
+use crate::progress::Reporter;
+use crate::synth::SynthConfig;
+
+/// Turn MIMIC-III and MIMIC-IV-Note clinical notes into a clean, leakage-free pretraining
+/// corpus, with every decision recorded in a DuckDB catalog.
+#[derive(Debug, Parser)]
+#[command(name = "ehrprep", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the corpus: find the MIMIC files, apply the recipe, normalize, write the catalog.
+    Build(BuildArgs),
+    /// Write MIMIC-shaped synthetic notes and task files, for everyone without MIMIC access.
+    Synth(SynthArgs),
+    /// Run SQL against a catalog and print the result as a table, CSV or JSON.
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// Folder with MIMIC-III (NOTEEVENTS.csv[.gz]), MIMIC-IV-Note (note/discharge.csv[.gz],
+    /// note/radiology.csv[.gz]) or a parent of both.
+    #[arg(long, value_name = "DIR")]
+    mimic_dir: PathBuf,
+    /// Output folder; the catalog is written to OUT/catalog.duckdb.
+    #[arg(long, value_name = "OUT")]
+    out: PathBuf,
+    /// Corpus recipe.
+    #[arg(long, value_enum, default_value_t = RecipeArg::Paper)]
+    recipe: RecipeArg,
+    /// Downstream task files (RadQA json, CLIP sentence_level.csv): their patients are removed.
+    #[arg(long, value_name = "DIR")]
+    task_data: Option<PathBuf>,
+    /// File of subject ids to remove, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    exclude_subjects: Option<PathBuf>,
+    /// De-identification placeholders: replace with typed tags, or keep as they are.
+    #[arg(long, value_enum, default_value_t = DeidArg::Tags)]
+    deid: DeidArg,
+    /// Replace a finished build in OUT.
+    #[arg(long)]
+    force: bool,
+    /// Notes normalized per batch (memory grows with it).
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    batch_notes: usize,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RecipeArg {
+    /// The paper's recipe: error flags, era overlap, task patients, drafts, empty, exact copies.
+    Paper,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeidArg {
+    /// `[**Known lastname 12**]` and `___` become typed tags such as `[Name]`.
+    Tags,
+    /// Placeholders stay as they are.
+    Keep,
+}
+
+#[derive(Debug, clap::Args)]
+struct SynthArgs {
+    /// Output folder (gets mimiciii/, mimic-iv-note/note/ and tasks/).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Number of notes to write across both releases.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    notes: u64,
+    /// Random seed; the same seed gives byte-identical files.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Write plain .csv instead of .csv.gz.
+    #[arg(long)]
+    plain: bool,
+    /// Also write notes longer than DuckDB's default 2 MB line limit (about one per 50,000).
+    #[arg(long)]
+    long_notes: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct SqlArgs {
+    /// Catalog file (OUT/catalog.duckdb); opened read-only.
+    #[arg(long, value_name = "FILE")]
+    db: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// The query.
+    query: String,
+}
+
+/// Parses arguments, runs the command, prints any error, and returns the exit code.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err}");
+            for cause in err.chain().skip(1) {
+                let _ = writeln!(stderr, "  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(args) => build(args),
+        Command::Synth(args) => synth(args),
+        Command::Sql(args) => sql(args),
+    }
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let mut config = BuildConfig::new(args.mimic_dir, args.out);
+    config.recipe = match args.recipe {
+        RecipeArg::Paper => Recipe::Paper,
+    };
+    config.deid = match args.deid {
+        DeidArg::Tags => Deid::Tags,
+        DeidArg::Keep => Deid::Keep,
+    };
+    config.task_data = args.task_data;
+    config.exclude_subjects = args.exclude_subjects;
+    config.force = args.force;
+    config.batch_notes = args.batch_notes;
+    let reporter = BarReporter::new(args.quiet);
+    let summary = run_build(&config, &reporter)?;
+
+    let mut out = std::io::stdout().lock();
+    let s = &summary.stats;
+    writeln!(
+        out,
+        "build {}: {} notes in, {} kept, {} dropped; {:.1} M characters in, {:.1} M kept; {:.1} s",
+        summary.build_id,
+        s.notes_in(),
+        s.kept(),
+        s.notes_in() - s.kept(),
+        s.chars_in as f64 / 1e6,
+        s.count(crate::select::Reason::Kept).chars as f64 / 1e6,
+        s.seconds
+    )?;
+    let frame = s.to_frame().context("summarizing the build")?;
+    writeln!(out, "{frame}")?;
+    writeln!(out, "catalog: {}", summary.catalog.display())?;
+    Ok(())
+}
+
+fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    let config = SynthConfig {
+        notes: args.notes,
+        seed: args.seed,
+        gzip: !args.plain,
+        long_notes: args.long_notes,
+    };
+    let written = crate::synth::write(&args.out, &config)?;
+    let mut out = std::io::stdout().lock();
+    for (path, records) in written {
+        writeln!(out, "{records:>9}  {}", path.display())?;
+    }
+    Ok(())
+}
+
+fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    let conn = crate::catalog::open_read_only(&args.db)?;
+    let mut frame = crate::query::run(&conn, &args.query)?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Table => writeln!(out, "{frame}")?,
+        Format::Csv => crate::query::write_csv(&mut frame, &mut out)?,
+        Format::Json => crate::query::write_json(&mut frame, &mut out)?,
+    }
+    Ok(())
+}
+
+/// Panics never print their payload: it could hold note text. The location is enough to
+/// report a bug.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        if crate::query::PANIC_IS_HANDLED.load(Ordering::Relaxed) {
+            return;
+        }
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error at {place}; please report it (details withheld: they may contain note text)"
+        );
+    }));
+}
+
+/// Progress bars on stderr, hidden when stderr is not a terminal or with `--quiet`.
+struct BarReporter {
+    bar: Mutex<Option<ProgressBar>>,
+    hidden: bool,
+    quiet: bool,
+}
+
+impl BarReporter {
+    fn new(quiet: bool) -> BarReporter {
+        BarReporter {
+            bar: Mutex::new(None),
+            hidden: quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            quiet,
+        }
+    }
+}
+
+impl Reporter for BarReporter {
+    fn start(&self, stage: &str, total: u64, unit: &str) {
+        let bar = ProgressBar::with_draw_target(
+            Some(total),
+            if self.hidden {
+                ProgressDrawTarget::hidden()
+            } else {
+                ProgressDrawTarget::stderr()
+            },
+        );
+        let template = if unit == "bytes" {
+            "{msg:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+        } else {
+            "{msg:>24} [{bar:30}] {human_pos}/{human_len} {per_sec} ETA {eta}"
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(stage.to_string());
+        *self.bar.lock().expect("bar lock") = Some(bar);
+    }
+
+    fn advance(&self, done: u64) {
+        if let Some(bar) = self.bar.lock().expect("bar lock").as_ref() {
+            bar.inc(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.lock().expect("bar lock").take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Warnings show even with `--quiet`.
+    fn note(&self, line: &str) {
+        if !self.quiet || line.starts_with("warning:") {
+            match self.bar.lock().expect("bar lock").as_ref() {
+                Some(bar) => bar.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Near-duplicate detection with MinHash LSH: word shingles, a signature of `bands x rows`
+//! minimum hashes per note, candidate pairs from identical bands, pairs kept when their
+//! estimated Jaccard similarity reaches the threshold, clusters by union-find.
+//!
+//! Pure and deterministic: the same texts and settings give the same clusters, whatever the
+//! thread count.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// MinHash LSH settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MinHashConfig {
+    /// Words per shingle.
+    pub shingle_words: usize,
+    pub bands: usize,
+    pub rows: usize,
+    /// Minimum estimated Jaccard similarity for a candidate pair to count.
+    pub threshold: f64,
+    pub seed: u64,
+}
+
+impl Default for MinHashConfig {
+    /// datatrove's shape: 5-word shingles, 14 bands of 8 rows (an S-curve centred near 0.72).
+    fn default() -> Self {
+        MinHashConfig {
+            shingle_words: 5,
+            bands: 14,
+            rows: 8,
+            threshold: 0.7,
+            seed: 1,
+        }
+    }
+}
+
+/// FNV-1a, then a SplitMix finalizer: stable across platforms and Rust versions.
+fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl MinHashConfig {
+    /// The signature of one text: `bands * rows` minimum hashes over its shingles.
+    pub fn signature(&self, text: &str) -> Vec<u64> {
+        let words: Vec<String> = text
+            .split_whitespace()
+            .map(|w| {
+                w.chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .flat_map(char::to_lowercase)
+                    .collect()
+            })
+            .filter(|w: &String| !w.is_empty())
+            .collect();
+        let n = self.bands * self.rows;
+        let mut sig = vec![u64::MAX; n];
+        let k = self.shingle_words.max(1);
+        let shingles = if words.len() <= k {
+            vec![words.join(" ")]
+        } else {
+            words.windows(k).map(|w| w.join(" ")).collect()
+        };
+        for shingle in shingles {
+            let base = hash_bytes(shingle.as_bytes(), self.seed);
+            for (i, slot) in sig.iter_mut().enumerate() {
+                let h = mix(base ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                if h < *slot {
+                    *slot = h;
+                }
+            }
+        }
+        sig
+    }
+
+    /// Clusters near-duplicate texts. Returns, per text, the index of its cluster's first
+    /// member (itself when it has no near duplicate earlier in the list).
+    pub fn clusters(&self, texts: &[&str]) -> Vec<usize> {
+        let sigs: Vec<Vec<u64>> = texts.par_iter().map(|t| self.signature(t)).collect();
+        let mut uf = UnionFind::new(texts.len());
+        for band in 0..self.bands {
+            let mut buckets: HashMap<u64, Vec<usize>> = HashMap::new();
+            for (i, sig) in sigs.iter().enumerate() {
+                let rows = &sig[band * self.rows..(band + 1) * self.rows];
+                let key = rows.iter().fold(band as u64, |h, &r| mix(h ^ r));
+                buckets.entry(key).or_default().push(i);
+            }
+            let mut keys: Vec<u64> = buckets.keys().copied().collect();
+            keys.sort_unstable();
+            for key in keys {
+                let members = &buckets[&key];
+                let first = members[0];
+                for &other in &members[1..] {
+                    if uf.find(first) != uf.find(other)
+                        && similarity(&sigs[first], &sigs[other]) >= self.threshold
+                    {
+                        uf.union(first, other);
+                    }
+                }
+            }
+        }
+        (0..texts.len()).map(|i| uf.find(i)).collect()
+    }
+}
+
+/// Estimated Jaccard similarity: the share of equal signature slots.
+pub fn similarity(a: &[u64], b: &[u64]) -> f64 {
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    same as f64 / a.len().max(1) as f64
+}
+
+/// Union-find whose root is always the smallest index, so clusters are named by their
+/// first member.
+struct UnionFind {
+    parent: Vec<usize>,
+}
+
+impl UnionFind {
+    fn new(n: usize) -> UnionFind {
+        UnionFind {
+            parent: (0..n).collect(),
+        }
+    }
+
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.parent[x] != x {
+            self.parent[x] = self.parent[self.parent[x]];
+            x = self.parent[x];
+        }
+        x
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        self.parent[hi] = lo;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Rng;
+
+    fn random_text(rng: &mut Rng, words: usize) -> String {
+        const VOCAB: &[&str] = &[
+            "patient", "stable", "pain", "chest", "normal", "left", "right", "effusion", "no",
+            "acute", "seen", "plan", "continue", "daily", "mg", "history", "denies", "fever",
+            "cough", "lungs", "clear", "heart", "rate", "rhythm", "abdomen", "soft",
+        ];
+        (0..words)
+            .map(|_| format!("{}{}", rng.pick(VOCAB), rng.below(50)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn near_copies_cluster_and_unrelated_texts_do_not() {
+        let mut rng = Rng::new(5);
+        let mut texts: Vec<String> = Vec::new();
+        for i in 0..200 {
+            texts.push(random_text(&mut rng, 150));
+            if i % 10 == 0 {
+                // A copy with two words changed (Jaccard of 5-shingles about 0.88).
+                let mut words: Vec<String> =
+                    texts.last().unwrap().split(' ').map(String::from).collect();
+                words[40] = "changed".into();
+                words[100] = "edited".into();
+                texts.push(words.join(" "));
+            }
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let clusters = MinHashConfig::default().clusters(&refs);
+        let dups: Vec<usize> = (0..texts.len()).filter(|&i| clusters[i] != i).collect();
+        assert_eq!(dups.len(), 20, "{dups:?}");
+        for &d in &dups {
+            assert_eq!(texts[d].split(' ').count(), 150);
+            assert!(texts[d].contains("changed") && texts[d].contains("edited"));
+            assert_eq!(clusters[d], d - 1, "a copy joins the note right before it");
+        }
+    }
+
+    #[test]
+    fn signatures_are_deterministic_and_similarity_tracks_jaccard() {
+        let cfg = MinHashConfig::default();
+        let a = "the quick brown fox jumps over the lazy dog near the river bank today";
+        assert_eq!(cfg.signature(a), cfg.signature(a));
+        let b = "completely different words appear in this sentence about hospital notes";
+        assert!(similarity(&cfg.signature(a), &cfg.signature(b)) < 0.1);
+        // Case and punctuation do not matter.
+        let c = "The quick brown fox, jumps over the lazy dog near the river bank today.";
+        assert_eq!(similarity(&cfg.signature(a), &cfg.signature(c)), 1.0);
+    }
+
+    #[test]
+    fn union_find_names_clusters_by_first_member() {
+        let mut uf = UnionFind::new(5);
+        uf.union(4, 2);
+        uf.union(2, 3);
+        uf.union(3, 1);
+        assert_eq!(
+            (0..5).map(|i| uf.find(i)).collect::<Vec<_>>(),
+            [0, 1, 1, 1, 1]
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! Note normalization: de-identification placeholders become the paper's typed tags, and the
+//! dirt found in the real files (control characters, `JavaScript:parent.POPUP` lines) goes.
+//!
+//! Pure functions over one note's text, so the pipeline can run them in parallel and tests can
+//! pin their output with snapshots.
+
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::Source;
+
+/// What to do with de-identification placeholders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Deid {
+    /// Replace placeholders with the paper's typed tags (`[Name]`, `[LOC]`, ...).
+    #[default]
+    Tags,
+    /// Leave placeholders exactly as they are in the source.
+    Keep,
+}
+
+/// The paper's de-identification tags. Each becomes one token in the tokenizer.
+pub const TAGS: [&str; 15] = [
+    "[Name]",
+    "[Company]",
+    "[Reg#]",
+    "[LOC]",
+    "[#]",
+    "[CI]",
+    "[DR]",
+    "[YR]",
+    "[MO]",
+    "[DAY]",
+    "[Age]",
+    "[State]",
+    "[Country]",
+    "[URL]",
+    "[MISC]",
+];
+
+/// Placeholder type names (the text MIMIC-III's de-identification put before the number),
+/// matched case-insensitively at the start of the placeholder, longest first.
+const TYPE_NAMES: &[(&str, &str)] = &[
+    ("known firstname", "[Name]"),
+    ("known lastname", "[Name]"),
+    ("first name", "[Name]"),
+    ("last name", "[Name]"),
+    ("female first name", "[Name]"),
+    ("male first name", "[Name]"),
+    ("doctor first name", "[Name]"),
+    ("doctor last name", "[Name]"),
+    ("name prefix", "[Name]"),
+    ("name initial", "[Name]"),
+    ("initials", "[Name]"),
+    ("initial", "[Name]"),
+    ("name", "[Name]"),
+    ("hospital ward name", "[LOC]"),
+    ("hospital unit name", "[LOC]"),
+    ("hospital", "[Company]"),
+    ("company", "[Company]"),
+    ("college", "[Company]"),
+    ("university", "[Company]"),
+    ("medical record number", "[Reg#]"),
+    ("md number", "[Reg#]"),
+    ("clip number", "[Reg#]"),
+    ("job number", "[Reg#]"),
+    ("unit number", "[Reg#]"),
+    ("numeric identifier", "[Reg#]"),
+    ("location", "[LOC]"),
+    ("street address", "[LOC]"),
+    ("apartment address", "[LOC]"),
+    ("wardname", "[LOC]"),
+    ("po box", "[LOC]"),
+    ("telephone", "[#]"),
+    ("pager", "[#]"),
+    ("social security number", "[#]"),
+    ("serial number", "[#]"),
+    ("provider number", "[#]"),
+    ("e-mail address", "[CI]"),
+    ("cc contact info", "[CI]"),
+    ("attending info", "[CI]"),
+    ("dictator info", "[CI]"),
+    ("date range", "[DR]"),
+    ("year", "[YR]"),
+    ("month", "[MO]"),
+    ("day", "[DAY]"),
+    ("holiday", "[DAY]"),
+    ("age over 90", "[Age]"),
+    ("state", "[State]"),
+    ("country", "[Country]"),
+    ("url", "[URL]"),
+];
+
+static TYPE_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostLongest)
+        .start_kind(StartKind::Anchored)
+        .build(TYPE_NAMES.iter().map(|(name, _)| name))
+        .expect("placeholder type names form a valid automaton")
+});
+
+/// `[**...**]`, where the inside may span a line break but never another bracket.
+static MIMIC3_PLACEHOLDER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[\*\*([^\[\]]{0,120}?)\*\*\]").expect("valid regex"));
+
+/// Real-looking dates MIMIC-III shifted but kept as text: `2151-7-16`, `7-16`, `2151`, `7/16/2151`.
+static DATE_LIKE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^(?:\d{4}(?:-\d{1,2}){0,2}|\d{1,2}-\d{1,2}(?:-\d{2,4})?|\d{1,2}/\d{1,2}(?:/\d{2,4})?)$",
+    )
+    .expect("valid regex")
+});
+
+static WHITESPACE_RUN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid regex"));
+
+/// Runs of underscores; MIMIC-IV's placeholder is exactly three of them.
+static UNDERSCORES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"_+").expect("valid regex"));
+
+/// Context right before a MIMIC-IV `___` that tells its type unambiguously.
+static IV_BEFORE: LazyLock<[(Regex, &'static str); 5]> = LazyLock::new(|| {
+    [
+        (
+            r"(?i)(?:\bname|\battending|\bdictated by|\bsigned by):\s*$",
+            "[Name]",
+        ),
+        (r"(?:\bDr|\bMr|\bMrs|\bMs|\bMiss)\.?\s+$", "[Name]"),
+        (
+            r"(?i)(?:\bunit no|\bmrn|\bmedical record number):?\s*$",
+            "[Reg#]",
+        ),
+        (
+            r"(?i)(?:\btelephone|\bphone|\bfax|\bpager)(?: number)?:?\s*(?:#\s*)?$",
+            "[#]",
+        ),
+        (r"(?i)\bage:\s*$", "[Age]"),
+    ]
+    .map(|(re, tag)| (Regex::new(re).expect("valid regex"), tag))
+});
+
+/// Context right after a MIMIC-IV `___`.
+static IV_AFTER: LazyLock<[(Regex, &'static str); 1]> = LazyLock::new(|| {
+    [(
+        Regex::new(r"^(?:[- ]?(?:year|yr)s?[- ]old\b|\s*y/?o\b|\s*yo\b)").expect("valid regex"),
+        "[Age]",
+    )]
+});
+
+/// How far around a `___` the context rules look, in bytes.
+const CONTEXT_BYTES: usize = 32;
+
+/// Normalizes one note. Returns the cleaned text; an empty string means nothing was left.
+pub fn normalize(text: &str, source: Source, deid: Deid) -> String {
+    let cleaned = strip_junk(text);
+    let tagged = match deid {
+        Deid::Keep => cleaned,
+        Deid::Tags => {
+            let text = replace_mimic3_placeholders(&cleaned);
+            match source {
+                Source::MimicIv => replace_mimic4_placeholders(&text),
+                Source::MimicIii => text,
+            }
+        }
+    };
+    tidy_lines(&tagged)
+}
+
+/// Drops `JavaScript:parent.POPUP` lines and control characters other than tab and newline;
+/// `\r\n` and lone `\r` become `\n`.
+fn strip_junk(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.contains("JavaScript:parent.POPUP") {
+            continue;
+        }
+        for c in line.chars() {
+            match c {
+                '\t' => out.push(c),
+                '\r' => out.push('\n'),
+                c if c.is_control() => {}
+                c => out.push(c),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Trims trailing whitespace on every line and blank lines at both ends; keeps leading
+/// indentation, which carries structure in radiology reports.
+fn tidy_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let line = line.trim_end();
+        if out.is_empty() && line.is_empty() {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+fn replace_mimic3_placeholders(text: &str) -> String {
+    MIMIC3_PLACEHOLDER
+        .replace_all(text, |caps: &regex::Captures<'_>| {
+            mimic3_tag(&caps[1]).into_owned()
+        })
+        .into_owned()
+}
+
+/// The replacement for the inside of one `[**...**]` placeholder.
+pub fn mimic3_tag(inner: &str) -> std::borrow::Cow<'static, str> {
+    let collapsed = WHITESPACE_RUN.replace_all(inner.trim(), " ");
+    if collapsed.is_empty() {
+        return "[MISC]".into();
+    }
+    let compact: String = collapsed.chars().filter(|c| !c.is_whitespace()).collect();
+    if DATE_LIKE.is_match(&compact) {
+        return compact.into();
+    }
+    let input = Input::new(collapsed.as_ref()).anchored(Anchored::Yes);
+    if let Some(m) = TYPE_MATCHER.find(input) {
+        return TYPE_NAMES[m.pattern().as_usize()].1.into();
+    }
+    if compact.chars().all(|c| c.is_ascii_digit()) {
+        return "[Reg#]".into();
+    }
+    "[MISC]".into()
+}
+
+fn replace_mimic4_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for m in UNDERSCORES.find_iter(text) {
+        if m.len() != 3 {
+            continue;
+        }
+        out.push_str(&text[last..m.start()]);
+        out.push_str(mimic4_tag(text, m.start(), m.end()));
+        last = m.end();
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// The tag for the `___` at `start..end`, from the text around it on the same line.
+fn mimic4_tag(text: &str, start: usize, end: usize) -> &'static str {
+    let before_start = floor_char_boundary(text, start.saturating_sub(CONTEXT_BYTES));
+    let before = &text[before_start..start];
+    let before = before.rsplit('\n').next().unwrap_or(before);
+    let after_end = floor_char_boundary(text, (end + CONTEXT_BYTES).min(text.len()));
+    let after = &text[end..after_end];
+    let after = after.split('\n').next().unwrap_or(after);
+    IV_BEFORE
+        .iter()
+        .find(|(re, _)| re.is_match(before))
+        .or_else(|| IV_AFTER.iter().find(|(re, _)| re.is_match(after)))
+        .map_or("[MISC]", |(_, tag)| tag)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iii(text: &str) -> String {
+        normalize(text, Source::MimicIii, Deid::Tags)
+    }
+
+    fn iv(text: &str) -> String {
+        normalize(text, Source::MimicIv, Deid::Tags)
+    }
+
+    #[test]
+    fn every_tag_family_of_mimic3() {
+        let cases = [
+            ("Known lastname 1234", "[Name]"),
+            ("First Name3 (LF) 1893", "[Name]"),
+            ("Name6 (MD) 4789", "[Name]"),
+            ("Initials (NamePattern4) 5", "[Name]"),
+            ("Hospital1 18", "[Company]"),
+            ("Company 123", "[Company]"),
+            ("University/College 77", "[Company]"),
+            ("Medical Record Number 1", "[Reg#]"),
+            ("MD Number(3) 9225", "[Reg#]"),
+            ("Clip Number (Radiology) 39734", "[Reg#]"),
+            ("Job Number 1812", "[Reg#]"),
+            ("Numeric Identifier 44", "[Reg#]"),
+            ("Location (un) 86", "[LOC]"),
+            ("Street Address(2) 55", "[LOC]"),
+            ("Hospital Ward Name 3", "[LOC]"),
+            ("Telephone/Fax (1) 673", "[#]"),
+            ("Pager number 11", "[#]"),
+            ("Social Security Number 9", "[#]"),
+            ("E-mail address 8", "[CI]"),
+            ("CC Contact Info 1", "[CI]"),
+            ("Attending Info 2", "[CI]"),
+            ("Date Range ", "[DR]"),
+            ("Year (4 digits) 3", "[YR]"),
+            ("Month (only) 51", "[MO]"),
+            ("Day Month 4", "[DAY]"),
+            ("Holiday 7", "[DAY]"),
+            ("Age over 90 ", "[Age]"),
+            ("State 2", "[State]"),
+            ("Country 9", "[Country]"),
+            ("URL 4", "[URL]"),
+            ("Something New 5", "[MISC]"),
+            (" ", "[MISC]"),
+            ("9-/3389", "[MISC]"),
+        ];
+        for (inner, want) in cases {
+            assert_eq!(mimic3_tag(inner), want, "placeholder `{inner}`");
+        }
+        // Bare numbers are identifiers; four bare digits read as a shifted year and stay.
+        assert_eq!(mimic3_tag("123456"), "[Reg#]");
+        assert_eq!(mimic3_tag("2151"), "2151");
+    }
+
+    #[test]
+    fn dates_keep_their_inner_text() {
+        assert_eq!(
+            iii("Admission Date:  [**2151-7-16**]  Discharge: [**7-16**] in [**2151**]"),
+            "Admission Date:  2151-7-16  Discharge: 7-16 in 2151"
+        );
+        assert_eq!(iii("on [**7/16/2151**]."), "on 7/16/2151.");
+    }
+
+    #[test]
+    fn placeholders_glued_and_split_over_lines() {
+        assert_eq!(
+            iii("Attending:[**First Name3 (LF) 1893**]"),
+            "Attending:[Name]"
+        );
+        assert_eq!(
+            iii("seen by [**Known\nlastname 12**] today"),
+            "seen by [Name] today"
+        );
+        assert_eq!(iii("on [**2151-\n7-16**]"), "on 2151-7-16");
+        assert_eq!(iii("empty [** **] here"), "empty [MISC] here");
+    }
+
+    #[test]
+    fn keep_mode_leaves_placeholders() {
+        let text = "Name: [**Known lastname 1**]\x13 Unit No: ___";
+        assert_eq!(
+            normalize(text, Source::MimicIii, Deid::Keep),
+            "Name: [**Known lastname 1**] Unit No: ___"
+        );
+        assert_eq!(
+            normalize(text, Source::MimicIv, Deid::Keep),
+            "Name: [**Known lastname 1**] Unit No: ___"
+        );
+    }
+
+    #[test]
+    fn mimic4_placeholders_use_context() {
+        assert_eq!(
+            iv("Name:  ___                 Unit No:   ___\nAdmission Date:  ___"),
+            "Name:  [Name]                 Unit No:   [Reg#]\nAdmission Date:  [MISC]"
+        );
+        assert_eq!(iv("___ year old man"), "[Age] year old man");
+        assert_eq!(
+            iv("a ___-year-old woman, ___ yo"),
+            "a [Age]-year-old woman, [Age] yo"
+        );
+        assert_eq!(iv("seen by Dr. ___ at ___"), "seen by Dr. [Name] at [MISC]");
+        assert_eq!(iv("Phone: ___"), "Phone: [#]");
+        // Rulers of other lengths are not placeholders.
+        assert_eq!(iv("____\n__"), "____\n__");
+    }
+
+    #[test]
+    fn mimic3_text_keeps_underscores() {
+        assert_eq!(iii("sign here ___"), "sign here ___");
+    }
+
+    #[test]
+    fn junk_is_removed() {
+        let text = "line one\x13\x14\x7f ok\r\nJavaScript:parent.POPUP('x')\n  indented  \n\n\n";
+        assert_eq!(iii(text), "line one ok\n  indented");
+    }
+
+    #[test]
+    fn nothing_left_is_empty() {
+        assert_eq!(iii("  \n\x13\nJavaScript:parent.POPUP(1)\n"), "");
+        assert_eq!(iii(""), "");
+    }
+
+    #[test]
+    fn leading_indentation_of_first_line_is_kept() {
+        assert_eq!(iii("\n\n FINAL REPORT\n  x"), " FINAL REPORT\n  x");
+    }
+}

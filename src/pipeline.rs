@@ -1,0 +1,414 @@
+//! One corpus build, composed from the stages: discover -> ingest -> set rules -> normalize
+//! and de-duplicate -> catalog.
+//!
+//! The catalog is written under a temporary name and renamed when the build has succeeded,
+//! so a killed build never leaves a catalog that looks complete; a leftover temporary file is
+//! discarded by the next run, which starts over.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use duckdb::Connection;
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, CATALOG_FILE};
+use crate::discover::{self, Inputs};
+use crate::ingest::{self, FileStats};
+use crate::normalize::{Deid, normalize};
+use crate::progress::Reporter;
+use crate::select::{self, Reason, SetRules};
+use crate::sql::{CATALOG, SELECT_PAPER};
+use crate::stats::BuildStats;
+use crate::{Error, Result, Source, tasks};
+
+/// Which corpus recipe to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// The paper's recipe (Lehman et al., 2023).
+    #[default]
+    Paper,
+}
+
+/// Everything a build needs to know; the CLI fills it from flags.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildConfig {
+    #[serde(skip)]
+    pub mimic_dir: PathBuf,
+    #[serde(skip)]
+    pub out: PathBuf,
+    pub recipe: Recipe,
+    pub deid: Deid,
+    pub task_data: Option<PathBuf>,
+    pub exclude_subjects: Option<PathBuf>,
+    /// Replace a finished build in `out`.
+    #[serde(skip)]
+    pub force: bool,
+    /// Notes normalized per batch; bounds memory.
+    #[serde(skip)]
+    pub batch_notes: usize,
+}
+
+impl BuildConfig {
+    pub fn new(mimic_dir: PathBuf, out: PathBuf) -> BuildConfig {
+        BuildConfig {
+            mimic_dir,
+            out,
+            recipe: Recipe::Paper,
+            deid: Deid::Tags,
+            task_data: None,
+            exclude_subjects: None,
+            force: false,
+            batch_notes: 8192,
+        }
+    }
+}
+
+/// The result of a successful build.
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    pub build_id: String,
+    pub catalog: PathBuf,
+    pub inputs: Inputs,
+    pub files: Vec<FileStats>,
+    pub stats: BuildStats,
+    pub warnings: Vec<String>,
+}
+
+impl BuildSummary {
+    pub fn kept(&self) -> u64 {
+        self.stats.kept()
+    }
+
+    pub fn notes_in(&self) -> u64 {
+        self.stats.notes_in()
+    }
+}
+
+/// Runs a whole corpus build into `config.out`.
+pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildSummary> {
+    let started = Instant::now();
+    let inputs = discover::discover(&config.mimic_dir)?;
+    for line in inputs.describe() {
+        reporter.note(&format!("found {line}"));
+    }
+    let (final_path, partial) = prepare_out(config, reporter)?;
+
+    let conn = catalog::open(&partial)?;
+    catalog::restrict_to_owner(&partial)?;
+    conn.execute_batch(CATALOG.get("stage"))
+        .map_err(Error::catalog("creating staging tables"))?;
+
+    let config_json = serde_json::to_string(config).expect("config serializes");
+    let inputs_json = inputs_json(&inputs)?;
+    let build_id = build_id(&config_json, &inputs_json);
+    conn.execute(
+        CATALOG.get("insert_build_run"),
+        duckdb::params![
+            build_id,
+            env!("CARGO_PKG_VERSION"),
+            config_json,
+            inputs_json
+        ],
+    )
+    .map_err(Error::catalog("recording the build"))?;
+
+    let files = ingest::ingest(&conn, &inputs, reporter)?;
+    let mut warnings = Vec::new();
+    let rules = set_rules(config, &conn, &inputs, &mut warnings)?;
+    select::apply_set_rules(&conn, rules)?;
+
+    let mut stats = normalize_and_decide(&conn, config, &build_id, reporter)?;
+    stats.seconds = started.elapsed().as_secs_f64();
+
+    let stats_json = serde_json::to_string(&stats).expect("stats serialize");
+    conn.execute(
+        CATALOG.get("finish_build_run"),
+        duckdb::params![stats_json, build_id],
+    )
+    .map_err(Error::catalog("recording the build"))?;
+    conn.execute_batch(CATALOG.get("drop_stage"))
+        .map_err(Error::catalog("dropping staging tables"))?;
+    conn.execute_batch("CHECKPOINT")
+        .map_err(Error::catalog("checkpointing"))?;
+    drop(conn);
+    std::fs::rename(&partial, &final_path).map_err(Error::io(&final_path))?;
+    catalog::restrict_to_owner(&final_path)?;
+    for w in &warnings {
+        reporter.note(&format!("warning: {w}"));
+    }
+    Ok(BuildSummary {
+        build_id,
+        catalog: final_path,
+        inputs,
+        files,
+        stats,
+        warnings,
+    })
+}
+
+/// Creates `out` (owner-only) and returns the final and temporary catalog paths, refusing a
+/// finished build unless `force` and clearing the leftovers of a killed one.
+fn prepare_out(config: &BuildConfig, reporter: &dyn Reporter) -> Result<(PathBuf, PathBuf)> {
+    let out = &config.out;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    catalog::restrict_to_owner(out)?;
+    let final_path = out.join(CATALOG_FILE);
+    let partial = out.join(format!("{CATALOG_FILE}.partial"));
+    if final_path.exists() {
+        if !config.force {
+            return Err(Error::OutputExists { path: final_path });
+        }
+        remove_db(&final_path)?;
+    }
+    if partial.exists() {
+        reporter.note("an unfinished build was found in the output folder; starting over");
+        remove_db(&partial)?;
+    }
+    Ok((final_path, partial))
+}
+
+/// Removes a DuckDB file and its write-ahead log.
+fn remove_db(path: &Path) -> Result<()> {
+    let wal = PathBuf::from(format!("{}.wal", path.display()));
+    for p in [path, wal.as_path()] {
+        if p.exists() {
+            std::fs::remove_file(p).map_err(Error::io(p))?;
+        }
+    }
+    Ok(())
+}
+
+fn set_rules(
+    config: &BuildConfig,
+    conn: &Connection,
+    inputs: &Inputs,
+    warnings: &mut Vec<String>,
+) -> Result<SetRules> {
+    let both = inputs.mimic3.is_some() && inputs.mimic4.is_some();
+    let has_icu = inputs.mimic3.as_ref().is_some_and(|m| m.icustays.is_some());
+    if both && !has_icu {
+        warnings.push(
+            "ICUSTAYS was not found, so the era_overlap rule is skipped: MIMIC-III radiology and \
+             discharge notes that MIMIC-IV-Note also holds stay in the corpus"
+                .to_string(),
+        );
+    }
+    if let Some(dir) = &config.task_data {
+        let rows = tasks::task_rows(conn, dir)?;
+        tasks::stage(conn, &rows)?;
+        if inputs.mimic3.is_none() {
+            warnings.push(
+                "task data names NOTEEVENTS ROW_IDs, but no MIMIC-III notes are being built, so \
+                 no task patient can be found"
+                    .to_string(),
+            );
+        }
+        let unmatched = select::unmatched_task_rows(conn)?;
+        if unmatched > 0 && inputs.mimic3.is_some() {
+            warnings.push(format!(
+                "{unmatched} task ROW_IDs are not in NOTEEVENTS; their patients cannot be removed"
+            ));
+        }
+    }
+    if let Some(file) = &config.exclude_subjects {
+        stage_excluded(conn, file)?;
+    }
+    Ok(SetRules {
+        era_overlap: both && has_icu,
+    })
+}
+
+/// Reads `--exclude-subjects`: one subject id a line; blank lines and `#` comments skipped.
+fn stage_excluded(conn: &Connection, file: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
+    let mut app = conn
+        .appender("stage_excluded")
+        .map_err(Error::catalog("staging excluded subjects"))?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let id: i64 = line.parse().map_err(|_| Error::TaskData {
+            path: file.to_path_buf(),
+            location: format!("line {}", i + 1),
+            problem: "expected one subject id (an integer) per line".to_string(),
+        })?;
+        app.append_row([id])
+            .map_err(Error::catalog("staging excluded subjects"))?;
+    }
+    app.flush()
+        .map_err(Error::catalog("staging excluded subjects"))
+}
+
+fn inputs_json(inputs: &Inputs) -> Result<String> {
+    #[derive(Serialize)]
+    struct File<'a> {
+        path: &'a Path,
+        bytes: u64,
+    }
+    let mut files = Vec::new();
+    let m3 = inputs
+        .mimic3
+        .iter()
+        .flat_map(|m| std::iter::once(&m.noteevents).chain(&m.icustays));
+    let m4 = inputs
+        .mimic4
+        .iter()
+        .flat_map(|m| m.discharge.iter().chain(&m.radiology));
+    for path in m3.chain(m4) {
+        let bytes = std::fs::metadata(path).map_err(Error::io(path))?.len();
+        files.push(File { path, bytes });
+    }
+    Ok(serde_json::to_string(&files).expect("inputs serialize"))
+}
+
+/// A build id that depends only on what was built and how, so two identical builds agree.
+fn build_id(config_json: &str, inputs_json: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    h.update([0]);
+    h.update(config_json);
+    h.update([0]);
+    h.update(inputs_json);
+    let digest = h.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One staged note as the normalization loop sees it.
+struct NoteRow {
+    source: Source,
+    note_id: String,
+    subject_id: i64,
+    hadm_id: Option<i64>,
+    category: String,
+    reason: Option<Reason>,
+    text: Option<String>,
+    /// Characters of the raw text.
+    chars: u64,
+}
+
+/// A note after normalization: its text and a digest of it.
+struct Normalized {
+    text: String,
+    digest: u128,
+}
+
+/// Normalizes the notes still in after the set rules, batch by batch in build order, and
+/// writes one decision per note plus the kept notes to the catalog.
+fn normalize_and_decide(
+    conn: &Connection,
+    config: &BuildConfig,
+    build_id: &str,
+    reporter: &dyn Reporter,
+) -> Result<BuildStats> {
+    let (total, end): (u64, i64) = conn
+        .query_row(SELECT_PAPER.get("note_count"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(Error::catalog("counting notes"))?;
+    reporter.start("normalizing", total, "notes");
+    let mut stats = BuildStats::default();
+    let mut seen: HashSet<u128> = HashSet::new();
+    let mut seq: i64 = 0;
+    let batch = config.batch_notes.max(1) as i64;
+    let mut stmt = conn
+        .prepare(SELECT_PAPER.get("note_batch"))
+        .map_err(Error::catalog("reading notes"))?;
+    let mut lo = 0;
+    while lo < end {
+        let rows: Vec<NoteRow> = stmt
+            .query_map([lo, lo + batch], |r| {
+                let source: String = r.get(1)?;
+                let reason: Option<String> = r.get(6)?;
+                Ok(NoteRow {
+                    source: Source::parse(&source).unwrap_or(Source::MimicIii),
+                    note_id: r.get(2)?,
+                    subject_id: r.get(3)?,
+                    hadm_id: r.get(4)?,
+                    category: r.get(5)?,
+                    reason: reason.as_deref().and_then(Reason::parse),
+                    text: r.get(7)?,
+                    chars: r.get(8)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(Error::catalog("reading notes"))?;
+        lo += batch;
+
+        let normalized: Vec<Option<Normalized>> = rows
+            .par_iter()
+            .map(|row| {
+                row.text.as_deref().map(|raw| {
+                    let text = normalize(raw, row.source, config.deid);
+                    let digest = digest128(&text);
+                    Normalized { text, digest }
+                })
+            })
+            .collect();
+
+        let mut decisions = conn
+            .appender("note_decisions")
+            .map_err(Error::catalog("writing decisions"))?;
+        let mut corpus = conn
+            .appender("corpus")
+            .map_err(Error::catalog("writing the corpus"))?;
+        for (row, norm) in rows.iter().zip(normalized) {
+            let reason = match (&row.reason, &norm) {
+                (Some(r), _) => *r,
+                (None, Some(n)) if n.text.is_empty() => Reason::Empty,
+                (None, Some(n)) if !seen.insert(n.digest) => Reason::ExactDuplicate,
+                (None, Some(_)) => Reason::Kept,
+                (None, None) => Reason::Empty,
+            };
+            stats.chars_in += row.chars;
+            match (&norm, reason) {
+                (Some(n), Reason::Kept) => {
+                    stats.add(reason, n.text.chars().count() as u64);
+                    corpus
+                        .append_row(duckdb::params![
+                            seq,
+                            row.note_id,
+                            row.source.as_str(),
+                            row.subject_id,
+                            row.hadm_id,
+                            row.category,
+                            n.text
+                        ])
+                        .map_err(Error::catalog("writing the corpus"))?;
+                    seq += 1;
+                }
+                _ => stats.add(reason, row.chars),
+            }
+            decisions
+                .append_row(duckdb::params![
+                    build_id,
+                    row.source.as_str(),
+                    row.note_id,
+                    row.subject_id,
+                    row.hadm_id,
+                    row.category,
+                    reason.as_str()
+                ])
+                .map_err(Error::catalog("writing decisions"))?;
+        }
+        decisions
+            .flush()
+            .map_err(Error::catalog("writing decisions"))?;
+        corpus
+            .flush()
+            .map_err(Error::catalog("writing the corpus"))?;
+        reporter.advance(rows.len() as u64);
+    }
+    reporter.finish();
+    Ok(stats)
+}
+
+fn digest128(text: &str) -> u128 {
+    let d = Sha256::digest(text.as_bytes());
+    u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
+}

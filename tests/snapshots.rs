@@ -1,0 +1,78 @@
+//! Reviewed snapshots (in the top-level `snapshots/` folder): the normalization of every
+//! fixture note, and the decisions of a build of the shipped fixtures.
+
+mod util;
+
+use std::path::Path;
+
+use ehrprep::Source;
+use ehrprep::normalize::{Deid, normalize};
+use util::*;
+
+fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots"));
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+#[test]
+fn normalized_fixture_notes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/notes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6);
+    for file in files {
+        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+        let source = if name.starts_with("iv_") {
+            Source::MimicIv
+        } else {
+            Source::MimicIii
+        };
+        let raw = std::fs::read_to_string(&file).unwrap();
+        let normalized = normalize(&raw, source, Deid::Tags);
+        settings().bind(|| insta::assert_snapshot!(format!("normalize__{name}"), normalized));
+    }
+}
+
+#[test]
+fn fixture_build_decisions() {
+    let d = Dir::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mimic = root.join("fixtures/mimic");
+    let tasks = root.join("fixtures/mimic/tasks");
+    d.ehrprep(&[
+        "build",
+        "--mimic-dir",
+        mimic.to_str().unwrap(),
+        "--task-data",
+        tasks.to_str().unwrap(),
+        "--out",
+        "out",
+    ])
+    .ok();
+    let conn = catalog(&d.join("out"));
+    let table = rows(
+        &conn,
+        "SELECT source, category, reason, count(*) FROM note_decisions GROUP BY ALL ORDER BY ALL",
+    );
+    let text: String = table
+        .iter()
+        .map(|r| format!("{}\n", r.join(" | ")))
+        .collect();
+    settings().bind(|| insta::assert_snapshot!("fixture_build_decisions", text));
+    // Every drop reason of the recipe shows up in the shipped fixtures.
+    for reason in ehrprep::select::Reason::ALL {
+        if reason == ehrprep::select::Reason::ExcludedSubject {
+            continue; // needs --exclude-subjects, tested elsewhere
+        }
+        assert!(
+            text.contains(&format!("| {} |", reason.as_str())),
+            "no `{}` in\n{text}",
+            reason.as_str()
+        );
+    }
+}

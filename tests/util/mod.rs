@@ -1,0 +1,190 @@
+//! Test helpers: a temporary folder and a command runner over the real `ehrprep` binary that
+//! prints the command, its output and the folder's files when an expectation fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// Writes `contents` to `rel`, creating folders.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub fn ehrprep(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ehrprep"));
+        cmd.args(args).current_dir(self.path());
+        let output = cmd.output().expect("ehrprep runs");
+        Run {
+            cmd: format!("ehrprep {}", args.join(" ")),
+            output,
+            dir: self.path().to_path_buf(),
+        }
+    }
+}
+
+pub struct Run {
+    pub cmd: String,
+    pub output: Output,
+    pub dir: PathBuf,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    fn dump(&self) -> String {
+        let mut files = Vec::new();
+        list(&self.dir, &mut files);
+        format!(
+            "command: {}\nstatus: {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
+            self.cmd,
+            self.output.status.code(),
+            self.stdout(),
+            self.stderr(),
+            files.join("\n")
+        )
+    }
+
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> String {
+        assert!(
+            self.output.status.success(),
+            "expected success\n{}",
+            self.dump()
+        );
+        self.stdout()
+    }
+
+    /// Asserts exit code 2 and returns stderr.
+    pub fn fails(&self) -> String {
+        assert_eq!(
+            self.output.status.code(),
+            Some(2),
+            "expected exit code 2\n{}",
+            self.dump()
+        );
+        self.stderr()
+    }
+}
+
+fn list(dir: &Path, out: &mut Vec<String>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                list(&p, out);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+}
+
+/// Opens a finished catalog read-only.
+pub fn catalog(out: &Path) -> duckdb::Connection {
+    let config = duckdb::Config::default()
+        .access_mode(duckdb::AccessMode::ReadOnly)
+        .unwrap();
+    duckdb::Connection::open_with_flags(out.join("catalog.duckdb"), config).unwrap()
+}
+
+/// Rows of a query, each column as text (`NULL` for null, integers and booleans plain).
+pub fn rows(conn: &duckdb::Connection, sql: &str) -> Vec<Vec<String>> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().unwrap() {
+        let n = row.as_ref().column_count();
+        let mut cols = Vec::new();
+        for i in 0..n {
+            let v: duckdb::types::Value = row.get(i).unwrap();
+            cols.push(match v {
+                duckdb::types::Value::Null => "NULL".to_string(),
+                duckdb::types::Value::Text(s) => s,
+                duckdb::types::Value::BigInt(i) => i.to_string(),
+                duckdb::types::Value::Int(i) => i.to_string(),
+                duckdb::types::Value::Boolean(b) => b.to_string(),
+                other => format!("{other:?}"),
+            });
+        }
+        out.push(cols);
+    }
+    out
+}
+
+/// The MIMIC-III header as the real file has it.
+pub fn mimic3_header() -> String {
+    [
+        "ROW_ID",
+        "SUBJECT_ID",
+        "HADM_ID",
+        "CHARTDATE",
+        "CHARTTIME",
+        "STORETIME",
+        "CATEGORY",
+        "DESCRIPTION",
+        "CGID",
+        "ISERROR",
+        "TEXT",
+    ]
+    .map(|c| format!("\"{c}\""))
+    .join(",")
+}
+
+pub const MIMIC4_HEADER: &str =
+    "note_id,subject_id,hadm_id,note_type,note_seq,charttime,storetime,text";
+
+/// One MIMIC-III record; `text` gets quoted and escaped.
+#[allow(clippy::too_many_arguments)]
+pub fn m3_row(
+    row_id: u64,
+    subject: u64,
+    hadm: &str,
+    charttime: &str,
+    storetime: &str,
+    category: &str,
+    cgid: &str,
+    iserror: &str,
+    text: &str,
+) -> String {
+    format!(
+        "{row_id},{subject},{hadm},2150-01-01,{charttime},{storetime},\"{category}\",\"Report\",{cgid},{iserror},\"{}\"",
+        text.replace('"', "\"\"")
+    )
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
