@@ -96,14 +96,47 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
         reporter.note(&format!("found {line}"));
     }
     let (final_path, partial) = prepare_out(config, reporter)?;
+    match build_into(config, &inputs, &partial, started, reporter) {
+        Ok((build_id, files, stats, warnings)) => {
+            std::fs::rename(&partial, &final_path).map_err(Error::io(&final_path))?;
+            catalog::restrict_to_owner(&final_path)?;
+            for w in &warnings {
+                reporter.note(&format!("warning: {w}"));
+            }
+            Ok(BuildSummary {
+                build_id,
+                catalog: final_path,
+                inputs,
+                files,
+                stats,
+                warnings,
+            })
+        }
+        Err(e) => {
+            // A failed build leaves nothing behind that could be mistaken for a result.
+            let _ = remove_db(&partial);
+            Err(e)
+        }
+    }
+}
 
-    let conn = catalog::open(&partial)?;
-    catalog::restrict_to_owner(&partial)?;
+type Built = (String, Vec<FileStats>, BuildStats, Vec<String>);
+
+/// The build proper, into the temporary catalog at `partial`.
+fn build_into(
+    config: &BuildConfig,
+    inputs: &Inputs,
+    partial: &Path,
+    started: Instant,
+    reporter: &dyn Reporter,
+) -> Result<Built> {
+    let conn = catalog::open(partial)?;
+    catalog::restrict_to_owner(partial)?;
     conn.execute_batch(CATALOG.get("stage"))
         .map_err(Error::catalog("creating staging tables"))?;
 
     let config_json = serde_json::to_string(config).expect("config serializes");
-    let inputs_json = inputs_json(&inputs)?;
+    let inputs_json = inputs_json(inputs)?;
     let build_id = build_id(&config_json, &inputs_json);
     conn.execute(
         CATALOG.get("insert_build_run"),
@@ -116,9 +149,9 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
     )
     .map_err(Error::catalog("recording the build"))?;
 
-    let files = ingest::ingest(&conn, &inputs, reporter)?;
+    let files = ingest::ingest(&conn, inputs, reporter)?;
     let mut warnings = Vec::new();
-    let rules = set_rules(config, &conn, &inputs, &mut warnings)?;
+    let rules = set_rules(config, &conn, inputs, &mut warnings)?;
     select::apply_set_rules(&conn, rules)?;
 
     let mut stats = normalize_and_decide(&conn, config, &build_id, reporter)?;
@@ -135,19 +168,7 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
     conn.execute_batch("CHECKPOINT")
         .map_err(Error::catalog("checkpointing"))?;
     drop(conn);
-    std::fs::rename(&partial, &final_path).map_err(Error::io(&final_path))?;
-    catalog::restrict_to_owner(&final_path)?;
-    for w in &warnings {
-        reporter.note(&format!("warning: {w}"));
-    }
-    Ok(BuildSummary {
-        build_id,
-        catalog: final_path,
-        inputs,
-        files,
-        stats,
-        warnings,
-    })
+    Ok((build_id, files, stats, warnings))
 }
 
 /// Creates `out` (owner-only) and returns the final and temporary catalog paths, refusing a
