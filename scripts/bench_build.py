@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Corpus build benchmark: `ehrprep build` beside the Python reference (pandas + re) on the
-same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and peak RSS, and
+"""Corpus build benchmark: `ehrprep build --no-shards` (the corpus stage) beside the Python
+reference (pandas + re) on the same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and peak RSS, and
 the ratios. Not a test: run it by hand, and put its output in the README.
 
 Usage: bench_build.py [--notes N ...] [--bin target/.../ehrprep] [--workdir DIR]
@@ -59,7 +59,8 @@ def main():
         results = {}
         for tool, cmd in [
             ("ehrprep", [binary, "build", "--mimic-dir", synth, "--out",
-                         os.path.join(work, f"out-{n}"), "--force", "--quiet"]),
+                         os.path.join(work, f"out-{n}"), "--force", "--quiet",
+                         "--no-shards"]),
             ("python", [sys.executable, os.path.join(here, "reference_build.py"), synth,
                         os.path.join(work, f"ref-{n}")]),
         ]:

@@ -14,9 +14,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::normalize::Deid;
+use crate::pack::PackSettings;
 use crate::pipeline::{BuildConfig, Recipe, run_build};
 use crate::progress::Reporter;
 use crate::synth::SynthConfig;
+use crate::tokenizer::TokenizerConfig;
 
 /// Turn MIMIC-III and MIMIC-IV-Note clinical notes into a clean, leakage-free pretraining
 /// corpus, with every decision recorded in a DuckDB catalog.
@@ -35,6 +37,20 @@ enum Command {
     Synth(SynthArgs),
     /// Run SQL against a catalog and print the result as a table, CSV or JSON.
     Sql(SqlArgs),
+    /// Time tokenize+pack against plain batch encoding on a finished build (JSON out).
+    #[command(hide = true)]
+    BenchPack(BenchPackArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchPackArgs {
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Where the benchmark's shards go (overwritten).
+    #[arg(long)]
+    scratch: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +80,31 @@ struct BuildArgs {
     /// Notes normalized per batch (memory grows with it).
     #[arg(long, default_value_t = 8192, value_name = "N")]
     batch_notes: usize,
+    /// Stop after the corpus: no tokenizer, no shards.
+    #[arg(long)]
+    no_shards: bool,
+    /// Use this tokenizer (a tokenizer.json or a folder holding one, e.g. T5's) instead of
+    /// training one; missing sentinels and de-id tags are added.
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// Pieces of the trained tokenizer, special tokens included.
+    #[arg(long, default_value_t = 32_000, value_name = "N")]
+    vocab_size: u32,
+    /// Characters of corpus text the tokenizer trains on, taken evenly across the corpus.
+    #[arg(long, default_value_t = 200_000_000, value_name = "N")]
+    tokenizer_sample_chars: usize,
+    /// Encoder input length after span corruption (512 packs raw chunks of 568 tokens).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    input_length: usize,
+    /// Share of patients in the validation split.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    validation_fraction: f64,
+    /// Seed of the note order in the shards.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Raw chunks per shard file.
+    #[arg(long, default_value_t = 100_000, value_name = "N", hide = true)]
+    rows_per_shard: usize,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -143,6 +184,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build(args),
         Command::Synth(args) => synth(args),
         Command::Sql(args) => sql(args),
+        Command::BenchPack(args) => {
+            let report = crate::bench::pack(&args.db, &args.tokenizer, &args.scratch)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
     }
 }
 
@@ -159,6 +205,24 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     config.exclude_subjects = args.exclude_subjects;
     config.force = args.force;
     config.batch_notes = args.batch_notes;
+    if !(0.0..1.0).contains(&args.validation_fraction) {
+        anyhow::bail!("--validation-fraction must be at least 0 and below 1");
+    }
+    if args.input_length < 16 {
+        anyhow::bail!("--input-length must be at least 16");
+    }
+    config.pack = (!args.no_shards).then(|| PackSettings {
+        tokenizer: args.tokenizer,
+        tokenizer_config: TokenizerConfig {
+            vocab_size: args.vocab_size,
+            sample_chars: args.tokenizer_sample_chars,
+            ..TokenizerConfig::default()
+        },
+        inputs_length: args.input_length,
+        validation_fraction: args.validation_fraction,
+        seed: args.seed,
+        rows_per_shard: args.rows_per_shard.max(1),
+    });
     let reporter = BarReporter::new(args.quiet);
     let summary = run_build(&config, &reporter)?;
 
@@ -177,6 +241,27 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     )?;
     let frame = s.to_frame().context("summarizing the build")?;
     writeln!(out, "{frame}")?;
+    if let Some(m) = &summary.manifest {
+        for (split, st) in &m.splits {
+            writeln!(
+                out,
+                "{split}: {} notes, {} patients, {} rows of {} tokens in {} shards",
+                st.notes,
+                st.subjects,
+                st.rows,
+                m.raw_length,
+                m.shards
+                    .iter()
+                    .filter(|s| s.split.as_str() == *split)
+                    .count()
+            )?;
+        }
+        writeln!(
+            out,
+            "tokenizer: {} ids, sha256 {}",
+            m.tokenizer.vocab_size, m.tokenizer.sha256
+        )?;
+    }
     writeln!(out, "catalog: {}", summary.catalog.display())?;
     Ok(())
 }

@@ -153,7 +153,7 @@ pub fn discover(root: &Path) -> Result<Inputs> {
         noteevents,
         icustays,
     });
-    let mimic4 = (discharge.is_some() || radiology.is_some()).then(|| Mimic4Files {
+    let mimic4 = (discharge.is_some() || radiology.is_some()).then_some(Mimic4Files {
         discharge,
         radiology,
         details,

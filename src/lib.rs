@@ -15,22 +15,27 @@
 //! # Ok::<(), ehrprep::Error>(())
 //! ```
 
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod dedup;
 pub mod discover;
 mod error;
+pub mod fsutil;
 pub mod ingest;
 pub mod normalize;
 pub mod objective;
+pub mod pack;
 pub mod pipeline;
 pub mod progress;
 pub mod query;
 pub mod select;
+pub mod shards;
 pub mod sql;
 pub mod stats;
 pub mod synth;
 pub mod tasks;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 

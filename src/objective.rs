@@ -153,6 +153,9 @@ mod tests {
         assert_eq!(sc.raw_length_for(512), (568, 114));
         assert_eq!(sc.raw_length_for(1024), (1137, 229));
         assert_eq!(sc.output_lengths(568), (512, 114));
+        // Computed with T5's Python code (banker's rounding).
+        assert_eq!(sc.raw_length_for(128), (141, 29));
+        assert_eq!(sc.raw_length_for(64), (70, 14));
         assert_eq!(round_half_even(2.5), 2);
         assert_eq!(round_half_even(3.5), 4);
         assert_eq!(round_half_even(85.2), 85);

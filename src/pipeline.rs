@@ -18,6 +18,7 @@ use crate::catalog::{self, CATALOG_FILE};
 use crate::discover::{self, Inputs};
 use crate::ingest::{self, FileStats};
 use crate::normalize::{Deid, normalize};
+use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
 use crate::select::{self, Reason, SetRules};
 use crate::sql::{CATALOG, SELECT_PAPER};
@@ -50,6 +51,8 @@ pub struct BuildConfig {
     /// Notes normalized per batch; bounds memory.
     #[serde(skip)]
     pub batch_notes: usize,
+    /// Tokenizer and shards after the corpus; `None` stops at the corpus.
+    pub pack: Option<PackSettings>,
 }
 
 impl BuildConfig {
@@ -63,6 +66,7 @@ impl BuildConfig {
             exclude_subjects: None,
             force: false,
             batch_notes: 8192,
+            pack: Some(PackSettings::default()),
         }
     }
 }
@@ -75,6 +79,7 @@ pub struct BuildSummary {
     pub inputs: Inputs,
     pub files: Vec<FileStats>,
     pub stats: BuildStats,
+    pub manifest: Option<Manifest>,
     pub warnings: Vec<String>,
 }
 
@@ -97,7 +102,7 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
     }
     let (final_path, partial) = prepare_out(config, reporter)?;
     match build_into(config, &inputs, &partial, started, reporter) {
-        Ok((build_id, files, stats, warnings)) => {
+        Ok((build_id, files, stats, manifest, warnings)) => {
             std::fs::rename(&partial, &final_path).map_err(Error::io(&final_path))?;
             catalog::restrict_to_owner(&final_path)?;
             for w in &warnings {
@@ -109,6 +114,7 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
                 inputs,
                 files,
                 stats,
+                manifest,
                 warnings,
             })
         }
@@ -120,7 +126,13 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
     }
 }
 
-type Built = (String, Vec<FileStats>, BuildStats, Vec<String>);
+type Built = (
+    String,
+    Vec<FileStats>,
+    BuildStats,
+    Option<Manifest>,
+    Vec<String>,
+);
 
 /// The build proper, into the temporary catalog at `partial`.
 fn build_into(
@@ -155,6 +167,16 @@ fn build_into(
     select::apply_set_rules(&conn, rules)?;
 
     let mut stats = normalize_and_decide(&conn, config, &build_id, reporter)?;
+    let manifest = match &config.pack {
+        Some(settings) => Some(pack::run(
+            &conn,
+            &config.out,
+            &build_id,
+            settings,
+            reporter,
+        )?),
+        None => None,
+    };
     stats.seconds = started.elapsed().as_secs_f64();
 
     let stats_json = serde_json::to_string(&stats).expect("stats serialize");
@@ -168,7 +190,7 @@ fn build_into(
     conn.execute_batch("CHECKPOINT")
         .map_err(Error::catalog("checkpointing"))?;
     drop(conn);
-    Ok((build_id, files, stats, warnings))
+    Ok((build_id, files, stats, manifest, warnings))
 }
 
 /// Creates `out` (owner-only) and returns the final and temporary catalog paths, refusing a
@@ -188,6 +210,13 @@ fn prepare_out(config: &BuildConfig, reporter: &dyn Reporter) -> Result<(PathBuf
     if partial.exists() {
         reporter.note("an unfinished build was found in the output folder; starting over");
         remove_db(&partial)?;
+    }
+    // Tokenizer and shards of the build being replaced, or of a killed one.
+    for dir in ["tokenizer", "shards"] {
+        let dir = out.join(dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+        }
     }
     Ok((final_path, partial))
 }

@@ -11,6 +11,7 @@ pub struct SqlFile {
 
 pub const CATALOG: SqlFile = SqlFile::new("catalog.sql", include_str!("../sql/catalog.sql"));
 pub const INGEST: SqlFile = SqlFile::new("ingest.sql", include_str!("../sql/ingest.sql"));
+pub const PACK: SqlFile = SqlFile::new("pack.sql", include_str!("../sql/pack.sql"));
 pub const TASKS: SqlFile = SqlFile::new("tasks.sql", include_str!("../sql/tasks.sql"));
 pub const SELECT_PAPER: SqlFile =
     SqlFile::new("select_paper.sql", include_str!("../sql/select_paper.sql"));
@@ -52,7 +53,7 @@ mod tests {
 
     #[test]
     fn every_statement_is_found_and_nonempty() {
-        for file in [&CATALOG, &INGEST, &SELECT_PAPER, &TASKS] {
+        for file in [&CATALOG, &INGEST, &SELECT_PAPER, &TASKS, &PACK] {
             let names = file.names();
             assert!(!names.is_empty(), "{}", file.file);
             for name in names {

@@ -868,13 +868,7 @@ impl Generator<'_> {
             "Admission Date:  {date}     Discharge Date:  {date}\n\nService:  {}\n\nHISTORY OF PRESENT ILLNESS:  ",
             self.rng.pick(&["MEDICINE", "CSU", "NEUROSURGERY"])
         );
-        t.push_str(
-            &self
-                .prose(age, 6)
-                .to_uppercase()
-                .replace("[**", "[**")
-                .replace("**]", "**]"),
-        );
+        t.push_str(&self.prose(age, 6).to_uppercase());
         t.push_str(&format!(
             "\n\nPAST MEDICAL HISTORY:  {}.  {}.\n\nHOSPITAL COURSE:  {}\n\nCONDITION ON DISCHARGE:  Stable.\n\n",
             self.rng.pick(CONDITIONS).to_uppercase(),
@@ -967,26 +961,25 @@ impl Generator<'_> {
     }
 
     fn echo(&mut self, age: u64) -> String {
+        // Drawn in this order, which the shipped fixtures depend on.
+        let indication = self.rng.pick(CONDITIONS);
+        let height = self.rng.range(58, 76);
+        let weight = self.rng.range(100, 280);
+        let (systolic, diastolic) = (self.rng.range(90, 170), self.rng.range(50, 95));
+        let rate = self.rng.range(50, 120);
+        let (y, m, d) = (
+            self.rng.range(2100, 2199),
+            self.rng.range(1, 12),
+            self.rng.range(1, 28),
+        );
+        let lv = self.rng.pick(&[
+            "Normal LV wall thickness and cavity size.",
+            "Mild symmetric LVH.",
+        ]);
+        let atrium = self.rng.pick(&["normal in size", "mildly dilated"]);
+        let ef = self.rng.range(20, 70);
         format!(
-            "PATIENT/TEST INFORMATION:\nIndication: {}\nHeight: (in) {}\nWeight (lb): {}\nBP (mm Hg): {}/{}\nHR (bpm): {}\nStatus: Inpatient\nDate/Time: {} at 10:00\nTest: TTE (Complete)\nDoppler: Full Doppler and color Doppler\n\nINTERPRETATION:\n\nFindings:\nLEFT VENTRICLE: {}\n\nConclusions:\nThe left atrium is {}. Age {age}. LVEF {}%.",
-            self.rng.pick(CONDITIONS),
-            self.rng.range(58, 76),
-            self.rng.range(100, 280),
-            self.rng.range(90, 170),
-            self.rng.range(50, 95),
-            self.rng.range(50, 120),
-            format!(
-                "[**{}-{}-{}**]",
-                self.rng.range(2100, 2199),
-                self.rng.range(1, 12),
-                self.rng.range(1, 28)
-            ),
-            self.rng.pick(&[
-                "Normal LV wall thickness and cavity size.",
-                "Mild symmetric LVH."
-            ]),
-            self.rng.pick(&["normal in size", "mildly dilated"]),
-            self.rng.range(20, 70)
+            "PATIENT/TEST INFORMATION:\nIndication: {indication}\nHeight: (in) {height}\nWeight (lb): {weight}\nBP (mm Hg): {systolic}/{diastolic}\nHR (bpm): {rate}\nStatus: Inpatient\nDate/Time: [**{y}-{m}-{d}**] at 10:00\nTest: TTE (Complete)\nDoppler: Full Doppler and color Doppler\n\nINTERPRETATION:\n\nFindings:\nLEFT VENTRICLE: {lv}\n\nConclusions:\nThe left atrium is {atrium}. Age {age}. LVEF {ef}%."
         )
     }
 

@@ -290,6 +290,7 @@ fn every_note_gets_exactly_the_expected_reason() {
     let stdout = d
         .ehrprep(&[
             "build",
+            "--no-shards",
             "--mimic-dir",
             "mimic",
             "--out",
@@ -364,6 +365,7 @@ fn unmatched_task_rows_are_reported() {
     recipe_inputs(&d);
     let run = d.ehrprep(&[
         "build",
+        "--no-shards",
         "--mimic-dir",
         "mimic",
         "--out",
@@ -385,7 +387,14 @@ fn era_rule_is_skipped_without_icustays_or_without_mimic4() {
     let d = Dir::new();
     recipe_inputs(&d);
     std::fs::remove_file(d.join("mimic/mimiciii/ICUSTAYS.csv.gz")).unwrap();
-    let run = d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"]);
+    let run = d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ]);
     run.ok();
     assert!(
         run.stderr().contains("ICUSTAYS was not found"),
@@ -400,7 +409,14 @@ fn era_rule_is_skipped_without_icustays_or_without_mimic4() {
     let d = Dir::new();
     recipe_inputs(&d);
     std::fs::remove_dir_all(d.join("mimic/mimic-iv-note")).unwrap();
-    let run = d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"]);
+    let run = d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ]);
     run.ok();
     assert!(
         !run.stderr().contains("ICUSTAYS was not found"),
@@ -417,6 +433,7 @@ fn deid_keep_leaves_placeholders() {
     recipe_inputs(&d);
     d.ehrprep(&[
         "build",
+        "--no-shards",
         "--mimic-dir",
         "mimic",
         "--out",
@@ -440,6 +457,7 @@ fn two_builds_agree_exactly() {
     let args = |out: &'static str| {
         vec![
             "build",
+            "--no-shards",
             "--mimic-dir",
             "mimic",
             "--out",
@@ -474,19 +492,41 @@ fn outputs_are_owner_only_and_reruns_refuse_without_force() {
     use std::os::unix::fs::PermissionsExt;
     let d = Dir::new();
     recipe_inputs(&d);
-    d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"])
-        .ok();
+    d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ])
+    .ok();
     let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("out"), 0o700);
     assert_eq!(mode("out/catalog.duckdb"), 0o600);
 
     let err = d
-        .ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"])
+        .ehrprep(&[
+            "build",
+            "--no-shards",
+            "--mimic-dir",
+            "mimic",
+            "--out",
+            "out",
+        ])
         .fails();
     assert!(err.contains("already holds a finished build"), "{err}");
     assert!(err.contains("--force"), "{err}");
-    d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out", "--force"])
-        .ok();
+    d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+        "--force",
+    ])
+    .ok();
 }
 
 #[test]
@@ -496,7 +536,14 @@ fn a_killed_build_leaves_no_catalog_and_the_next_run_starts_over() {
     // What a build killed mid-way leaves: the temporary catalog only.
     d.write("out/catalog.duckdb.partial", b"not a finished database");
     assert!(!d.join("out/catalog.duckdb").exists());
-    let run = d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"]);
+    let run = d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ]);
     run.ok();
     assert!(
         run.stderr().contains("unfinished build"),
@@ -528,8 +575,15 @@ fn notes_longer_than_duckdbs_default_line_limit_are_read() {
         )
     );
     d.write("mimic/NOTEEVENTS.csv.gz", gzip(csv.as_bytes()));
-    d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"])
-        .ok();
+    d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ])
+    .ok();
     let conn = catalog(&d.join("out"));
     let got = rows(
         &conn,
@@ -544,8 +598,15 @@ fn notes_longer_than_duckdbs_default_line_limit_are_read() {
 fn sql_prints_table_csv_and_json() {
     let d = Dir::new();
     recipe_inputs(&d);
-    d.ehrprep(&["build", "--mimic-dir", "mimic", "--out", "out"])
-        .ok();
+    d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ])
+    .ok();
     let q = "SELECT reason, count(*) AS notes FROM note_decisions GROUP BY 1 ORDER BY 1";
     let csv = d
         .ehrprep(&["sql", "--db", "out/catalog.duckdb", "--format", "csv", q])

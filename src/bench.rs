@@ -1,0 +1,61 @@
+//! `ehrprep bench-pack`: the tokenize+pack stage beside plain `tokenizers` batch encoding of
+//! the same text, in the same process, so the ratio is measured on the same machine state.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::shards::{self, PackConfig, Packer, Split};
+use crate::{Error, Result};
+
+#[derive(Debug, Serialize)]
+pub struct PackBench {
+    pub notes: usize,
+    pub tokens: u64,
+    /// Plain `encode_batch_fast` over all texts at once: the limit.
+    pub encode_tokens_per_s: f64,
+    /// ehrprep's batches of 4096 notes, streamed into shards.
+    pub pack_tokens_per_s: f64,
+}
+
+/// Reads the corpus of a finished build and times both paths.
+pub fn pack(catalog: &Path, tokenizer: &Path, scratch: &Path) -> Result<PackBench> {
+    let conn = crate::catalog::open_read_only(catalog)?;
+    let mut stmt = conn
+        .prepare(crate::sql::PACK.get("all_texts"))
+        .map_err(Error::catalog("reading the corpus"))?;
+    let texts: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(Error::catalog("reading the corpus"))?;
+    let tok = crate::tokenizer::load(tokenizer)?;
+
+    let start = Instant::now();
+    let all = shards::encode_batch(&tok, texts.clone())?;
+    let encode_s = start.elapsed().as_secs_f64();
+    let tokens: u64 = all.iter().map(|ids| ids.len() as u64).sum();
+    drop(all);
+
+    std::fs::create_dir_all(scratch).map_err(Error::io(scratch))?;
+    let start = Instant::now();
+    let mut packer = Packer::new(
+        scratch,
+        Split::Train,
+        tok.get_vocab_size(true),
+        PackConfig::default(),
+    );
+    for chunk in texts.chunks(4096) {
+        for ids in shards::encode_batch(&tok, chunk.to_vec())? {
+            packer.push(&ids)?;
+        }
+    }
+    packer.finish()?;
+    let pack_s = start.elapsed().as_secs_f64();
+    Ok(PackBench {
+        notes: texts.len(),
+        tokens,
+        encode_tokens_per_s: tokens as f64 / encode_s,
+        pack_tokens_per_s: tokens as f64 / pack_s,
+    })
+}

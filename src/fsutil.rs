@@ -1,0 +1,62 @@
+//! Writing files so that a crash never leaves one that looks complete, readable by the
+//! owner only.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The temporary name a file is written under before it is renamed into place.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Creates `path`'s temporary file, owner-only.
+pub fn create_partial(path: &Path) -> Result<(PathBuf, std::fs::File)> {
+    let tmp = partial_path(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::io(&tmp))?;
+    Ok((tmp, file))
+}
+
+/// Renames a finished temporary file into place.
+pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(Error::io(path))
+}
+
+/// Writes `bytes` to `path` through a temporary file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, mut file) = create_partial(path)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(Error::io(&tmp))?;
+    commit(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_owner_only_without_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"{}").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{}");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!partial_path(&p).exists());
+        assert_eq!(partial_path(&p).file_name().unwrap(), "a.json.partial");
+    }
+}
