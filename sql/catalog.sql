@@ -5,6 +5,9 @@
 SET autoinstall_known_extensions = false;
 SET autoload_known_extensions = false;
 SET preserve_insertion_order = true;
+-- DuckDB caches table data up to its memory limit (80% of RAM by default), so memory would
+-- grow with the corpus; past this limit it spills to a temporary folder beside the catalog.
+SET memory_limit = '1GB';
 
 -- name: schema
 CREATE TABLE IF NOT EXISTS build_runs (

@@ -7,7 +7,7 @@
 CREATE OR REPLACE TABLE raw_file AS
 SELECT * FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 536870912,
+    all_varchar = true, strict_mode = true, max_line_size = 16777216,
     columns = {
         'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
         'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
@@ -33,10 +33,14 @@ SELECT rowid + 1 AS record, field FROM (
 ) WHERE field IS NOT NULL ORDER BY rowid LIMIT 1;
 
 -- name: duplicate_mimic3
--- The first record whose ROW_ID repeats an earlier one.
-SELECT min_by(rowid, rowid) + 1 FROM (
+-- The first record whose ROW_ID repeats an earlier one. A hash aggregate finds the repeated
+-- ids; the window runs over their few rows only.
+SELECT min(rowid) + 1 FROM (
     SELECT rowid, row_number() OVER (PARTITION BY CAST(ROW_ID AS BIGINT) ORDER BY rowid) AS n
     FROM raw_file
+    WHERE CAST(ROW_ID AS BIGINT) IN (
+        SELECT CAST(ROW_ID AS BIGINT) FROM raw_file GROUP BY 1 HAVING count(*) > 1
+    )
 ) WHERE n > 1;
 
 -- name: insert_mimic3
@@ -51,7 +55,7 @@ FROM raw_file ORDER BY rowid;
 CREATE OR REPLACE TABLE raw_file AS
 SELECT * FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 536870912,
+    all_varchar = true, strict_mode = true, max_line_size = 16777216,
     columns = {
         'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
         'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
@@ -73,11 +77,16 @@ SELECT rowid + 1 AS record, field FROM (
 ) WHERE field IS NOT NULL ORDER BY rowid LIMIT 1;
 
 -- name: duplicate_mimic4
--- The first record whose note_id repeats one already staged (from this or another file).
+-- The first record whose note_id repeats one in this file or one already staged.
 SELECT min(rowid) + 1 FROM (
     SELECT rowid, row_number() OVER (PARTITION BY trim(note_id) ORDER BY rowid) AS n,
            trim(note_id) IN (SELECT note_id FROM stage_notes WHERE source = 'mimic-iv') AS staged
     FROM raw_file
+    WHERE trim(note_id) IN (
+        SELECT trim(note_id) FROM raw_file GROUP BY 1 HAVING count(*) > 1
+        UNION ALL
+        SELECT note_id FROM stage_notes WHERE source = 'mimic-iv'
+    )
 ) WHERE n > 1 OR staged;
 
 -- name: insert_mimic4

@@ -318,7 +318,9 @@ static LINE_NUMBER: LazyLock<Regex> =
 fn csv_error(path: &Path, e: &duckdb::Error) -> Error {
     let message = e.to_string();
     let lower = message.to_lowercase();
-    let problem = if lower.contains("invalid unicode") {
+    let problem = if lower.contains("out of memory") {
+        "DuckDB ran out of memory reading it (its memory limit is set in sql/catalog.sql)"
+    } else if lower.contains("invalid unicode") {
         "invalid UTF-8; the file must be UTF-8 encoded"
     } else if lower.contains("gzip") {
         "the gzip stream is truncated or corrupt"
@@ -332,7 +334,7 @@ fn csv_error(path: &Path, e: &duckdb::Error) -> Error {
         // Checked before the line-size case: the sniffer's advice mentions line sizes.
         "records have the wrong number of fields"
     } else if lower.contains("maximum line size") {
-        "a record never ends: a quoted field is never closed, or a record exceeds 512 MiB"
+        "a record never ends: a quoted field is never closed, or a record exceeds 16 MiB"
     } else {
         "not a well-formed CSV file"
     };

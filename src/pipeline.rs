@@ -161,12 +161,21 @@ fn build_into(
     )
     .map_err(Error::catalog("recording the build"))?;
 
+    let mut stages = Vec::new();
+    let mut lap = Instant::now();
+    let mut stage_done = |name: &'static str| {
+        stages.push((name, lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
+    };
     let files = ingest::ingest(&conn, inputs, reporter)?;
+    stage_done("ingest");
     let mut warnings = Vec::new();
     let rules = set_rules(config, &conn, inputs, &mut warnings)?;
     select::apply_set_rules(&conn, rules)?;
+    stage_done("select");
 
     let mut stats = normalize_and_decide(&conn, config, &build_id, reporter)?;
+    stage_done("normalize");
     let manifest = match &config.pack {
         Some(settings) => Some(pack::run(
             &conn,
@@ -177,6 +186,11 @@ fn build_into(
         )?),
         None => None,
     };
+    stage_done("pack");
+    stats.stage_seconds = stages
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     stats.seconds = started.elapsed().as_secs_f64();
 
     let stats_json = serde_json::to_string(&stats).expect("stats serialize");

@@ -23,6 +23,8 @@ pub struct BuildStats {
     /// Raw characters of every input note.
     pub chars_in: u64,
     pub seconds: f64,
+    /// Wall seconds per stage (ingest, select, normalize, pack).
+    pub stage_seconds: BTreeMap<String, f64>,
 }
 
 impl BuildStats {
