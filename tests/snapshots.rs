@@ -76,3 +76,79 @@ fn fixture_build_decisions() {
         );
     }
 }
+
+/// The tokenizer trained on the shipped fixtures, as a build trains it.
+fn fixture_tokenizer(d: &Dir) -> tokenizers::Tokenizer {
+    let mimic = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
+    d.ehrprep(&[
+        "build",
+        "--mimic-dir",
+        mimic.to_str().unwrap(),
+        "--out",
+        "out",
+        "--vocab-size",
+        "1000",
+        "--quiet",
+    ])
+    .ok();
+    ehrprep::tokenizer::load(&d.join("out/tokenizer")).unwrap()
+}
+
+#[test]
+fn tokenized_fixture_notes() {
+    let d = Dir::new();
+    let tok = fixture_tokenizer(&d);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/notes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+        let source = if name.starts_with("iv_") {
+            Source::MimicIv
+        } else {
+            Source::MimicIii
+        };
+        let text = normalize(&std::fs::read_to_string(&file).unwrap(), source, Deid::Tags);
+        let enc = tok.encode(text.as_str(), true).unwrap();
+        let lines: String = enc
+            .get_tokens()
+            .iter()
+            .zip(enc.get_ids())
+            .map(|(t, id)| format!("{id:>5} {t}\n"))
+            .collect();
+        settings().bind(|| insta::assert_snapshot!(format!("tokens__{name}"), lines));
+    }
+}
+
+#[test]
+fn span_corrupted_example() {
+    use ehrprep::objective::{SpanCorruption, example_rng};
+    let d = Dir::new();
+    let tok = fixture_tokenizer(&d);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/notes/iv_radiology.txt");
+    let text = normalize(
+        &std::fs::read_to_string(file).unwrap(),
+        Source::MimicIv,
+        Deid::Tags,
+    );
+    let ids = tok.encode(text.as_str(), true).unwrap().get_ids().to_vec();
+    let sc = SpanCorruption::default();
+    let (raw, _) = sc.raw_length_for(48);
+    let chunk = &ids[..raw];
+    let s0 = ehrprep::tokenizer::sentinel0(&tok).unwrap();
+    let (inputs, targets) = sc.apply(chunk, s0, 1, &mut example_rng(42, 0, 0));
+    let show = |ids: &[u32]| tok.decode(ids, false).unwrap();
+    let doc = format!(
+        "raw ({}): {}\ninputs ({}): {}\ntargets ({}): {}\n",
+        chunk.len(),
+        show(chunk),
+        inputs.len(),
+        show(&inputs),
+        targets.len(),
+        show(&targets)
+    );
+    settings().bind(|| insta::assert_snapshot!("span_corruption_example", doc));
+}
