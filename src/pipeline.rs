@@ -121,6 +121,7 @@ pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildS
         Err(e) => {
             // A failed build leaves nothing behind that could be mistaken for a result.
             let _ = remove_db(&partial);
+            let _ = remove_outputs(&config.out);
             Err(e)
         }
     }
@@ -226,13 +227,19 @@ fn prepare_out(config: &BuildConfig, reporter: &dyn Reporter) -> Result<(PathBuf
         remove_db(&partial)?;
     }
     // Tokenizer and shards of the build being replaced, or of a killed one.
+    remove_outputs(out)?;
+    Ok((final_path, partial))
+}
+
+/// Removes `OUT/tokenizer` and `OUT/shards`.
+fn remove_outputs(out: &Path) -> Result<()> {
     for dir in ["tokenizer", "shards"] {
         let dir = out.join(dir);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
         }
     }
-    Ok((final_path, partial))
+    Ok(())
 }
 
 /// Removes a DuckDB file and its write-ahead log.
