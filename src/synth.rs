@@ -12,7 +12,6 @@
 //! One seeded generator drives everything in a fixed order, so a seed gives byte-identical
 //! files. `synth_truth.csv` lists the planted copies and drafts for measuring de-duplication.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -1191,9 +1190,7 @@ impl Out {
         let path = self.root.join(&rel);
         let dir = path.parent().expect("relative paths have a parent");
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let tmp = path.with_extension("partial");
-        let file = File::create(&tmp).map_err(Error::io(&tmp))?;
-        crate::catalog::restrict_to_owner(&tmp)?;
+        let (tmp, file) = crate::fsutil::create_partial(&path)?;
         let result = if compressible && self.gzip {
             let mut enc = flate2::GzBuilder::new().write(
                 BufWriter::with_capacity(1 << 20, file),
@@ -1205,7 +1202,7 @@ impl Out {
             body(&mut w).and_then(|()| w.flush())
         };
         result.map_err(Error::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+        crate::fsutil::commit(&tmp, &path)?;
         self.written.push((path, records));
         Ok(())
     }
