@@ -112,8 +112,11 @@ struct BuildArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RecipeArg {
-    /// The paper's recipe: error flags, era overlap, task patients, drafts, empty, exact copies.
+    /// The paper's recipe: error flags, era overlap, task patients, drafts, empty, exact
+    /// copies; near duplicates are recorded in `dedup_clusters` but kept.
     Paper,
+    /// The paper's recipe, and near duplicates are dropped too.
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -196,6 +199,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let mut config = BuildConfig::new(args.mimic_dir, args.out);
     config.recipe = match args.recipe {
         RecipeArg::Paper => Recipe::Paper,
+        RecipeArg::Strict => Recipe::Strict,
     };
     config.deid = match args.deid {
         DeidArg::Tags => Deid::Tags,

@@ -114,6 +114,112 @@ impl MinHashConfig {
     }
 }
 
+impl MinHashConfig {
+    /// One key per band: a hash of the band's rows. Notes sharing a key are candidates.
+    pub fn band_keys(&self, text: &str) -> Vec<u64> {
+        let sig = self.signature(text);
+        (0..self.bands)
+            .map(|band| {
+                sig[band * self.rows..(band + 1) * self.rows]
+                    .iter()
+                    .fold(band as u64, |h, &r| mix(h ^ r))
+            })
+            .collect()
+    }
+}
+
+/// Clusters notes from their band keys alone (datatrove's approach: a shared band makes
+/// a pair, with no second check), so memory per note is `bands` keys, not a signature.
+/// Returns each note's cluster root: the index of its cluster's first note.
+pub fn clusters_from_keys(keys: &[Vec<u64>], bands: usize) -> Vec<usize> {
+    let mut uf = UnionFind::new(keys.len());
+    for band in 0..bands {
+        let mut first: HashMap<u64, usize> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            match first.get(&k[band]) {
+                Some(&j) => uf.union(j, i),
+                None => {
+                    first.insert(k[band], i);
+                }
+            }
+        }
+    }
+    (0..keys.len()).map(|i| uf.find(i)).collect()
+}
+
+/// Finds near duplicates among the kept notes of a build, records every cluster in
+/// `dedup_clusters`, and with `remove` moves all but each cluster's first note out of the
+/// corpus with reason `near_duplicate`. Returns how many notes are near duplicates of an
+/// earlier one, and their characters.
+pub fn run(
+    conn: &duckdb::Connection,
+    build_id: &str,
+    config: &MinHashConfig,
+    remove: bool,
+) -> crate::Result<(u64, u64)> {
+    use crate::Error;
+    use crate::sql::DEDUP;
+    conn.execute_batch(DEDUP.get("schema"))
+        .map_err(Error::catalog("creating dedup tables"))?;
+    let end: i64 = conn
+        .query_row(DEDUP.get("bounds"), [], |r| r.get(0))
+        .map_err(Error::catalog("reading the corpus"))?;
+    let mut stmt = conn
+        .prepare(DEDUP.get("batch"))
+        .map_err(Error::catalog("reading the corpus"))?;
+    let mut seqs = Vec::new();
+    let mut keys = Vec::new();
+    let mut lo = 0i64;
+    while lo < end {
+        let batch: Vec<(i64, String)> = stmt
+            .query_map([lo, lo + 8192], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(Error::catalog("reading the corpus"))?;
+        keys.extend(
+            batch
+                .par_iter()
+                .map(|(_, text)| config.band_keys(text))
+                .collect::<Vec<_>>(),
+        );
+        seqs.extend(batch.into_iter().map(|(seq, _)| seq));
+        lo += 8192;
+    }
+    let roots = clusters_from_keys(&keys, config.bands);
+    let mut size = vec![0u32; roots.len()];
+    for &r in &roots {
+        size[r] += 1;
+    }
+    conn.execute_batch(DEDUP.get("stage"))
+        .map_err(Error::catalog("staging clusters"))?;
+    let mut app = conn
+        .appender("stage_dedup")
+        .map_err(Error::catalog("staging clusters"))?;
+    let mut near = 0;
+    for (i, &r) in roots.iter().enumerate() {
+        if size[r] > 1 {
+            app.append_row([seqs[i], seqs[r]])
+                .map_err(Error::catalog("staging clusters"))?;
+            near += u64::from(i != r);
+        }
+    }
+    app.flush().map_err(Error::catalog("staging clusters"))?;
+    drop(app);
+    conn.execute(DEDUP.get("members"), [build_id])
+        .map_err(Error::catalog("recording clusters"))?;
+    let chars: i64 = conn
+        .query_row(DEDUP.get("near_chars"), [], |r| r.get(0))
+        .map_err(Error::catalog("measuring near duplicates"))?;
+    if remove {
+        conn.execute(DEDUP.get("drop_near_duplicates"), [build_id])
+            .map_err(Error::catalog("dropping near duplicates"))?;
+        conn.execute_batch(DEDUP.get("remove_near_duplicates"))
+            .map_err(Error::catalog("dropping near duplicates"))?;
+    }
+    conn.execute_batch(DEDUP.get("drop_stage"))
+        .map_err(Error::catalog("dropping staging tables"))?;
+    Ok((near, chars as u64))
+}
+
 /// Estimated Jaccard similarity: the share of equal signature slots.
 pub fn similarity(a: &[u64], b: &[u64]) -> f64 {
     let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
@@ -188,6 +294,26 @@ mod tests {
             assert_eq!(texts[d].split(' ').count(), 150);
             assert!(texts[d].contains("changed") && texts[d].contains("edited"));
             assert_eq!(clusters[d], d - 1, "a copy joins the note right before it");
+        }
+    }
+
+    #[test]
+    fn band_keys_alone_find_the_copies() {
+        let mut rng = Rng::new(9);
+        let mut texts: Vec<String> = Vec::new();
+        for _ in 0..100 {
+            texts.push(random_text(&mut rng, 150));
+            let mut words: Vec<String> =
+                texts.last().unwrap().split(' ').map(String::from).collect();
+            words[70] = "changed".into();
+            texts.push(words.join(" "));
+        }
+        let cfg = MinHashConfig::default();
+        let keys: Vec<Vec<u64>> = texts.iter().map(|t| cfg.band_keys(t)).collect();
+        let roots = clusters_from_keys(&keys, cfg.bands);
+        for (i, &root) in roots.iter().enumerate() {
+            let want = if i % 2 == 1 { i - 1 } else { i };
+            assert_eq!(root, want, "text {i}");
         }
     }
 

@@ -29,9 +29,11 @@ use crate::{Error, Result, Source, tasks};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Recipe {
-    /// The paper's recipe (Lehman et al., 2023).
+    /// The paper's recipe (Lehman et al., 2023): near duplicates are recorded, not dropped.
     #[default]
     Paper,
+    /// The paper's recipe, and near duplicates are dropped too.
+    Strict,
 }
 
 /// Everything a build needs to know; the CLI fills it from flags.
@@ -53,6 +55,7 @@ pub struct BuildConfig {
     pub batch_notes: usize,
     /// Tokenizer and shards after the corpus; `None` stops at the corpus.
     pub pack: Option<PackSettings>,
+    pub minhash: crate::dedup::MinHashConfig,
 }
 
 impl BuildConfig {
@@ -67,6 +70,7 @@ impl BuildConfig {
             force: false,
             batch_notes: 8192,
             pack: Some(PackSettings::default()),
+            minhash: crate::dedup::MinHashConfig::default(),
         }
     }
 }
@@ -177,6 +181,13 @@ fn build_into(
 
     let mut stats = normalize_and_decide(&conn, config, &build_id, reporter)?;
     stage_done("normalize");
+    let remove = config.recipe == Recipe::Strict;
+    let (near, near_chars) = crate::dedup::run(&conn, &build_id, &config.minhash, remove)?;
+    if remove {
+        stats.move_notes(Reason::Kept, Reason::NearDuplicate, near, near_chars);
+    }
+    stats.near_duplicates = near;
+    stage_done("dedup");
     let manifest = match &config.pack {
         Some(settings) => Some(pack::run(
             &conn,

@@ -20,11 +20,13 @@ pub enum Reason {
     DraftSuperseded,
     Empty,
     ExactDuplicate,
+    /// Only under `--recipe strict`.
+    NearDuplicate,
     Kept,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::ErrorFlag,
         Reason::EraOverlap,
         Reason::TaskPatient,
@@ -32,6 +34,7 @@ impl Reason {
         Reason::DraftSuperseded,
         Reason::Empty,
         Reason::ExactDuplicate,
+        Reason::NearDuplicate,
         Reason::Kept,
     ];
 
@@ -45,6 +48,7 @@ impl Reason {
             Reason::DraftSuperseded => "draft_superseded",
             Reason::Empty => "empty",
             Reason::ExactDuplicate => "exact_duplicate",
+            Reason::NearDuplicate => "near_duplicate",
             Reason::Kept => "kept",
         }
     }

@@ -11,6 +11,7 @@ pub struct SqlFile {
 
 pub const CATALOG: SqlFile = SqlFile::new("catalog.sql", include_str!("../sql/catalog.sql"));
 pub const INGEST: SqlFile = SqlFile::new("ingest.sql", include_str!("../sql/ingest.sql"));
+pub const DEDUP: SqlFile = SqlFile::new("dedup.sql", include_str!("../sql/dedup.sql"));
 pub const PACK: SqlFile = SqlFile::new("pack.sql", include_str!("../sql/pack.sql"));
 pub const TASKS: SqlFile = SqlFile::new("tasks.sql", include_str!("../sql/tasks.sql"));
 pub const SELECT_PAPER: SqlFile =
@@ -53,7 +54,7 @@ mod tests {
 
     #[test]
     fn every_statement_is_found_and_nonempty() {
-        for file in [&CATALOG, &INGEST, &SELECT_PAPER, &TASKS, &PACK] {
+        for file in [&CATALOG, &INGEST, &SELECT_PAPER, &TASKS, &PACK, &DEDUP] {
             let names = file.names();
             assert!(!names.is_empty(), "{}", file.file);
             for name in names {

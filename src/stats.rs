@@ -12,7 +12,7 @@ use crate::select::Reason;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Count {
     pub notes: u64,
-    /// Characters of the raw text (for `kept`: of the normalized text).
+    /// Characters of the raw text (for `kept` and `near_duplicate`: of the normalized text).
     pub chars: u64,
 }
 
@@ -23,7 +23,10 @@ pub struct BuildStats {
     /// Raw characters of every input note.
     pub chars_in: u64,
     pub seconds: f64,
-    /// Wall seconds per stage (ingest, select, normalize, pack).
+    /// Kept notes that are near duplicates of an earlier kept note (dropped only under
+    /// `--recipe strict`).
+    pub near_duplicates: u64,
+    /// Wall seconds per stage (ingest, select, normalize, dedup, pack).
     pub stage_seconds: BTreeMap<String, f64>,
 }
 
@@ -32,6 +35,16 @@ impl BuildStats {
         let c = self.by_reason.entry(reason).or_default();
         c.notes += 1;
         c.chars += chars;
+    }
+
+    /// Moves `n` notes of `chars` characters from one reason to another.
+    pub fn move_notes(&mut self, from: Reason, to: Reason, n: u64, chars: u64) {
+        let f = self.by_reason.entry(from).or_default();
+        f.notes -= n;
+        f.chars -= chars;
+        let t = self.by_reason.entry(to).or_default();
+        t.notes += n;
+        t.chars += chars;
     }
 
     pub fn notes_in(&self) -> u64 {

@@ -66,8 +66,9 @@ fn fixture_build_decisions() {
     settings().bind(|| insta::assert_snapshot!("fixture_build_decisions", text));
     // Every drop reason of the recipe shows up in the shipped fixtures.
     for reason in ehrprep::select::Reason::ALL {
-        if reason == ehrprep::select::Reason::ExcludedSubject {
-            continue; // needs --exclude-subjects, tested elsewhere
+        use ehrprep::select::Reason;
+        if matches!(reason, Reason::ExcludedSubject | Reason::NearDuplicate) {
+            continue; // need --exclude-subjects or --recipe strict, tested elsewhere
         }
         assert!(
             text.contains(&format!("| {} |", reason.as_str())),

@@ -84,6 +84,9 @@ fn synth_corpus_builds_and_exercises_every_rule() {
             "s/tasks",
             "--exclude-subjects",
             "exclude.txt",
+            "--recipe",
+            "strict",
+            "--no-shards",
         ])
         .ok();
     assert!(stdout.contains("6000 notes in"), "{stdout}");
@@ -114,6 +117,45 @@ fn synth_corpus_builds_and_exercises_every_rule() {
     );
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert_eq!(copies[0][0], "exact_duplicate");
+    // Planted near copies of kept notes are found. Recall and precision are printed, not
+    // pinned: synth's templated notes are near duplicates of each other by design, so
+    // precision here says more about the data than about the method.
+    let found = rows(
+        &conn,
+        &format!(
+            "SELECT count(*) FILTER (WHERE c.reason = 'near_duplicate'), count(*)
+             FROM read_csv('{}', all_varchar = true) t
+             JOIN note_decisions c ON c.note_id = t.note_id
+             JOIN note_decisions o ON o.note_id = t.of_note_id
+             WHERE t.kind = 'near_copy' AND o.reason = 'kept'
+               AND c.reason IN ('kept', 'near_duplicate')",
+            truth.display()
+        ),
+    );
+    let (hit, planted): (f64, f64) = (found[0][0].parse().unwrap(), found[0][1].parse().unwrap());
+    assert!(planted >= 20.0, "{found:?}");
+    assert!(hit / planted >= 0.6, "near-copy recall {hit}/{planted}");
+    let flagged = rows(
+        &conn,
+        &format!(
+            "SELECT count(*) FILTER (WHERE t.note_id IS NOT NULL), count(*)
+             FROM note_decisions d LEFT JOIN read_csv('{}', all_varchar = true) t
+               ON t.note_id = d.note_id
+             WHERE d.reason = 'near_duplicate'",
+            truth.display()
+        ),
+    );
+    let all = &flagged[0][1];
+    eprintln!(
+        "near duplicates: recall {hit}/{planted}, planted among flagged {}/{all}",
+        flagged[0][0]
+    );
+    let clusters = rows(&conn, "SELECT count(*) FROM dedup_clusters WHERE NOT first");
+    assert_eq!(
+        &clusters[0][0], all,
+        "every later cluster member is dropped under strict"
+    );
+
     // The long note was read whole: decided, and in the corpus at full length if kept.
     let long = rows(
         &conn,
