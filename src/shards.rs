@@ -254,6 +254,40 @@ impl Packer {
     }
 }
 
+/// Reads a shard back: its row length and all ids, row after row. For tests and for
+/// consumers in Rust; other languages read the same file with any Arrow IPC reader.
+pub fn read_ids(path: &Path) -> Result<(usize, Vec<u32>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{UInt16Type, UInt32Type};
+    let bad =
+        |e: &dyn std::fmt::Display| Error::Invalid(format!("reading `{}`: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let reader = arrow::ipc::reader::FileReader::try_new(file, None).map_err(|e| bad(&e))?;
+    let mut width = 0;
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        let list = batch
+            .column(0)
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| bad(&"column 0 is not a fixed-size list"))?;
+        width = list.value_length() as usize;
+        let values = list.values();
+        match values.data_type() {
+            DataType::UInt16 => ids.extend(
+                values
+                    .as_primitive::<UInt16Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as u32),
+            ),
+            DataType::UInt32 => ids.extend(values.as_primitive::<UInt32Type>().values().iter()),
+            other => return Err(bad(&format!("unexpected id type {other}"))),
+        }
+    }
+    Ok((width, ids))
+}
+
 /// Encodes texts in parallel; each result ends in `</s>`.
 pub fn encode_batch(tok: &Tokenizer, texts: Vec<String>) -> Result<Vec<Vec<u32>>> {
     let encodings = tok
@@ -268,7 +302,6 @@ pub fn encode_batch(tok: &Tokenizer, texts: Vec<String>) -> Result<Vec<Vec<u32>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::Array;
 
     #[test]
     fn split_is_by_patient_and_near_the_fraction() {
@@ -278,26 +311,6 @@ mod tests {
         assert!((400..600).contains(&val), "{val}");
         assert_eq!(split_of(42, 0.05), split_of(42, 0.05));
         assert!((0..1000).all(|s| split_of(s, 0.0) == Split::Train));
-    }
-
-    fn read_shard(path: &Path) -> Vec<Vec<u32>> {
-        let file = std::fs::File::open(path).unwrap();
-        let reader = arrow::ipc::reader::FileReader::try_new(file, None).unwrap();
-        let mut rows = Vec::new();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let list = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<FixedSizeListArray>()
-                .unwrap();
-            for i in 0..list.len() {
-                let v = list.value(i);
-                let v = v.as_any().downcast_ref::<UInt16Array>().unwrap();
-                rows.push(v.values().iter().map(|&x| x as u32).collect());
-            }
-        }
-        rows
     }
 
     #[test]
@@ -334,10 +347,11 @@ mod tests {
                 s.sha256,
                 hex(&Sha256::digest(std::fs::read(&path).unwrap()))
             );
-            read.extend(read_shard(&path));
+            let (width, ids) = read_ids(&path).unwrap();
+            assert_eq!(width, 7);
+            read.extend(ids);
         }
-        let flat: Vec<u32> = read.concat();
-        assert_eq!(flat, all[..total_rows * 7]);
+        assert_eq!(read, all[..total_rows * 7]);
         assert!(
             std::fs::read_dir(dir.path()).unwrap().all(|e| !e
                 .unwrap()

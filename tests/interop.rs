@@ -38,18 +38,28 @@ fn python() -> Option<PathBuf> {
     Some(python)
 }
 
+/// Runs an oracle script from `scripts/` and returns the JSON of its last output line.
+fn oracle(python: &Path, script: &str, args: &[&Path]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "oracle failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 /// The normalized corpus of the shipped fixtures.
 fn fixture_corpus(d: &Dir) -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mimic = root.join("fixtures/mimic");
-    d.ehrprep(&[
-        "build",
-        "--mimic-dir",
-        mimic.to_str().unwrap(),
-        "--out",
-        "out",
-    ])
-    .ok();
+    d.build_fixtures("out", &[]).ok();
     let conn = catalog(&d.join("out"));
     rows(&conn, "SELECT text FROM corpus ORDER BY seq")
         .into_iter()
@@ -88,20 +98,7 @@ fn tokenizer_ids_match_hugging_face() {
         cases.push(serde_json::json!({"text": t, "ids": ids}));
     }
     let cases_path = d.write("cases.json", serde_json::to_vec(&cases).unwrap());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tokenizer_oracle.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&dir)
-        .arg(&cases_path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "oracle failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = oracle(&python, "tokenizer_oracle.py", &[&dir, &cases_path]);
     assert_eq!(report["mismatches"], 0);
     assert_eq!(report["cases"], cases.len());
     assert_eq!(report["extra_id_0"], tokenizer::sentinel0(&tok).unwrap());
@@ -115,68 +112,33 @@ fn tokenizer_ids_match_hugging_face() {
     );
 }
 
-/// Reads a shard the way ehrprep's own Arrow reader does.
-fn read_ids(path: &Path) -> Vec<u32> {
-    use arrow::array::{Array, FixedSizeListArray, UInt16Array};
-    let file = std::fs::File::open(path).unwrap();
-    let reader = arrow::ipc::reader::FileReader::try_new(file, None).unwrap();
-    let mut ids = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let list = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .unwrap();
-        let values = list
-            .values()
-            .as_any()
-            .downcast_ref::<UInt16Array>()
-            .unwrap();
-        ids.extend(values.values().iter().map(|&v| v as u32));
-    }
-    ids
-}
-
 #[test]
 fn pyarrow_reads_the_shards() {
     let Some(python) = python() else { return };
     let d = Dir::new();
-    let mimic = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
-    d.ehrprep(&[
-        "build",
-        "--mimic-dir",
-        mimic.to_str().unwrap(),
-        "--out",
+    d.build_fixtures(
         "out",
-        "--vocab-size",
-        "1000",
-        "--input-length",
-        "128",
-        "--rows-per-shard",
-        "50",
-    ])
+        &[
+            "--vocab-size",
+            "1000",
+            "--input-length",
+            "128",
+            "--rows-per-shard",
+            "50",
+        ],
+    )
     .ok();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/shards_oracle.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(d.join("out/shards"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "oracle failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = oracle(&python, "shards_oracle.py", &[&d.join("out/shards")]);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("out/shards/manifest.json")).unwrap())
             .unwrap();
     let shards = report["shards"].as_array().unwrap();
     assert_eq!(shards.len(), manifest["shards"].as_array().unwrap().len());
     for s in shards {
-        let ids = read_ids(&d.join("out/shards").join(s["file"].as_str().unwrap()));
+        let (width, ids) =
+            ehrprep::shards::read_ids(&d.join("out/shards").join(s["file"].as_str().unwrap()))
+                .unwrap();
+        assert_eq!(width, 141);
         assert_eq!(s["rows"].as_u64().unwrap() as usize * 141, ids.len());
         assert_eq!(
             s["id_sum"].as_u64().unwrap(),

@@ -8,22 +8,19 @@ use std::path::Path;
 use util::*;
 
 fn build(d: &Dir, out: &str) -> serde_json::Value {
-    let mimic = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
-    d.ehrprep(&[
-        "build",
-        "--mimic-dir",
-        mimic.to_str().unwrap(),
-        "--out",
+    d.build_fixtures(
         out,
-        "--vocab-size",
-        "1000",
-        "--input-length",
-        "64",
-        "--validation-fraction",
-        "0.2",
-        "--rows-per-shard",
-        "100",
-    ])
+        &[
+            "--vocab-size",
+            "1000",
+            "--input-length",
+            "64",
+            "--validation-fraction",
+            "0.2",
+            "--rows-per-shard",
+            "100",
+        ],
+    )
     .ok();
     let manifest = std::fs::read(d.join(&format!("{out}/shards/manifest.json"))).unwrap();
     serde_json::from_slice(&manifest).unwrap()

@@ -80,18 +80,8 @@ fn fixture_build_decisions() {
 
 /// The tokenizer trained on the shipped fixtures, as a build trains it.
 fn fixture_tokenizer(d: &Dir) -> tokenizers::Tokenizer {
-    let mimic = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
-    d.ehrprep(&[
-        "build",
-        "--mimic-dir",
-        mimic.to_str().unwrap(),
-        "--out",
-        "out",
-        "--vocab-size",
-        "1000",
-        "--quiet",
-    ])
-    .ok();
+    d.build_fixtures("out", &["--vocab-size", "1000", "--quiet"])
+        .ok();
     ehrprep::tokenizer::load(&d.join("out/tokenizer")).unwrap()
 }
 

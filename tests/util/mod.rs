@@ -33,6 +33,14 @@ impl Dir {
         p
     }
 
+    /// `ehrprep build` on the shipped fixtures into `out`, with `extra` flags.
+    pub fn build_fixtures(&self, out: &str, extra: &[&str]) -> Run {
+        let mimic = fixtures_mimic();
+        let mut args = vec!["build", "--mimic-dir", mimic.as_str(), "--out", out];
+        args.extend_from_slice(extra);
+        self.ehrprep(&args)
+    }
+
     pub fn ehrprep(&self, args: &[&str]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ehrprep"));
         cmd.args(args).current_dir(self.path());
@@ -107,6 +115,14 @@ fn list(dir: &Path, out: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// The shipped synthetic MIMIC fixtures.
+pub fn fixtures_mimic() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/mimic")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Opens a finished catalog read-only.
