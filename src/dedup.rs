@@ -35,16 +35,6 @@ impl Default for MinHashConfig {
     }
 }
 
-/// FNV-1a, then a SplitMix finalizer: stable across platforms and Rust versions.
-fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
-}
-
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -54,28 +44,41 @@ fn mix(mut z: u64) -> u64 {
 impl MinHashConfig {
     /// The signature of one text: `bands * rows` minimum hashes over its shingles.
     pub fn signature(&self, text: &str) -> Vec<u64> {
-        let words: Vec<String> = text
+        // Words are hashed in place (lower-cased, alphanumerics only), shingles combine the
+        // word hashes, and each of the `bands * rows` permutations is one multiply-add on
+        // the mixed shingle hash (a bijection on u64 for odd multipliers): no allocation
+        // per word or shingle.
+        let words: Vec<u64> = text
             .split_whitespace()
-            .map(|w| {
-                w.chars()
+            .filter_map(|w| {
+                let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.seed;
+                let mut any = false;
+                for c in w
+                    .chars()
                     .filter(|c| c.is_alphanumeric())
                     .flat_map(char::to_lowercase)
-                    .collect()
+                {
+                    any = true;
+                    h ^= c as u64;
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                any.then_some(h)
             })
-            .filter(|w: &String| !w.is_empty())
             .collect();
         let n = self.bands * self.rows;
+        let perms: Vec<(u64, u64)> = (0..n as u64)
+            .map(|i| {
+                let a = mix(self.seed ^ (2 * i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+                let b = mix(a ^ 0xD6E8_FEB8_6659_FD93);
+                (a, b)
+            })
+            .collect();
         let mut sig = vec![u64::MAX; n];
-        let k = self.shingle_words.max(1);
-        let shingles = if words.len() <= k {
-            vec![words.join(" ")]
-        } else {
-            words.windows(k).map(|w| w.join(" ")).collect()
-        };
-        for shingle in shingles {
-            let base = hash_bytes(shingle.as_bytes(), self.seed);
-            for (i, slot) in sig.iter_mut().enumerate() {
-                let h = mix(base ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let k = self.shingle_words.max(1).min(words.len().max(1));
+        for window in words.windows(k) {
+            let base = mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w)));
+            for (slot, &(a, b)) in sig.iter_mut().zip(&perms) {
+                let h = a.wrapping_mul(base).wrapping_add(b);
                 if h < *slot {
                     *slot = h;
                 }
