@@ -31,7 +31,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build the corpus: find the MIMIC files, apply the recipe, normalize, write the catalog.
+    /// Build the corpus and token shards: find the MIMIC files, apply the recipe, normalize,
+    /// find near duplicates, train the tokenizer, pack shards; every decision in the catalog.
     Build(BuildArgs),
     /// Write MIMIC-shaped synthetic notes and task files, for everyone without MIMIC access.
     Synth(SynthArgs),
