@@ -632,3 +632,61 @@ fn sql_prints_table_csv_and_json() {
         .fails();
     assert!(err.contains("error:"), "{err}");
 }
+
+#[test]
+fn near_duplicates_are_recorded_and_dropped_only_under_strict() {
+    let words: Vec<String> = (0..150)
+        .map(|i| format!("finding{}", i * 7 % 101))
+        .collect();
+    let a = words.join(" ");
+    let mut edited = words.clone();
+    edited[75] = "changed".to_string();
+    let b = edited.join(" ");
+    let c: String = (0..150).map(|i| format!("other{i} ")).collect();
+    let csv = format!(
+        "{}\n{}\n{}\n{}\n",
+        mimic3_header(),
+        m3_row(1, 1, "", "", "", "Echo", "", "", &a),
+        m3_row(2, 2, "", "", "", "Echo", "", "", &b),
+        m3_row(3, 3, "", "", "", "Echo", "", "", &c)
+    );
+    for (recipe, reason_of_2, corpus) in [("paper", "kept", "3"), ("strict", "near_duplicate", "2")]
+    {
+        let d = Dir::new();
+        d.write("mimic/NOTEEVENTS.csv", &csv);
+        d.ehrprep(&[
+            "build",
+            "--no-shards",
+            "--mimic-dir",
+            "mimic",
+            "--out",
+            "out",
+            "--recipe",
+            recipe,
+        ])
+        .ok();
+        let got = decisions(&d.join("out"));
+        assert_eq!(got[&("mimic-iii".to_string(), "1".to_string())], "kept");
+        assert_eq!(
+            got[&("mimic-iii".to_string(), "2".to_string())],
+            reason_of_2,
+            "{recipe}"
+        );
+        assert_eq!(got[&("mimic-iii".to_string(), "3".to_string())], "kept");
+        let conn = catalog(&d.join("out"));
+        let clusters = rows(
+            &conn,
+            "SELECT cluster_id, note_id, first FROM dedup_clusters ORDER BY note_id",
+        );
+        assert_eq!(
+            clusters,
+            [["1", "1", "true"], ["1", "2", "false"]].map(|r| r.map(String::from)),
+            "{recipe}"
+        );
+        assert_eq!(
+            rows(&conn, "SELECT count(*) FROM corpus"),
+            [[corpus.to_string()]],
+            "{recipe}"
+        );
+    }
+}
