@@ -221,7 +221,8 @@ fn expected_for(field: &str) -> &'static str {
     }
 }
 
-fn path_str(path: &Path) -> Result<&str> {
+/// DuckDB takes paths as SQL text, so they must be UTF-8.
+pub(crate) fn path_str(path: &Path) -> Result<&str> {
     path.to_str().ok_or_else(|| {
         Error::Invalid(format!(
             "`{}`: file paths must be valid UTF-8",

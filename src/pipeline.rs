@@ -358,7 +358,7 @@ fn build_id(config_json: &str, inputs_json: &str) -> String {
     h.update([0]);
     h.update(inputs_json);
     let digest = h.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::tokenizer::hex(&digest[..8])
 }
 
 /// One staged note as the normalization loop sees it.

@@ -105,12 +105,7 @@ fn radqa_rows(path: &Path, out: &mut TaskRows) -> Result<()> {
 }
 
 fn clip_rows(conn: &Connection, path: &Path, out: &mut TaskRows) -> Result<()> {
-    let path_text = path.to_str().ok_or_else(|| {
-        Error::Invalid(format!(
-            "`{}`: file paths must be valid UTF-8",
-            path.display()
-        ))
-    })?;
+    let path_text = crate::ingest::path_str(path)?;
     let mut stmt = conn
         .prepare(TASKS.get("clip_doc_ids"))
         .map_err(Error::catalog("reading CLIP"))?;

@@ -3,8 +3,6 @@
 
 mod util;
 
-use std::path::Path;
-
 use util::*;
 
 fn build(d: &Dir, out: &str) -> serde_json::Value {
@@ -105,22 +103,19 @@ fn identical_builds_give_identical_shards() {
 fn an_existing_tokenizer_is_used_as_is() {
     let d = Dir::new();
     let a = build(&d, "a");
-    let mimic = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
-    d.ehrprep(&[
-        "build",
-        "--mimic-dir",
-        mimic.to_str().unwrap(),
-        "--out",
+    d.build_fixtures(
         "b",
-        "--tokenizer",
-        "a/tokenizer",
-        "--input-length",
-        "64",
-        "--validation-fraction",
-        "0.2",
-        "--rows-per-shard",
-        "100",
-    ])
+        &[
+            "--tokenizer",
+            "a/tokenizer",
+            "--input-length",
+            "64",
+            "--validation-fraction",
+            "0.2",
+            "--rows-per-shard",
+            "100",
+        ],
+    )
     .ok();
     let b: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("b/shards/manifest.json")).unwrap()).unwrap();
@@ -135,24 +130,13 @@ fn an_existing_tokenizer_is_used_as_is() {
 #[test]
 fn unusable_tokenizers_are_refused() {
     let d = Dir::new();
-    let mimic = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
     let no_eos = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
         "normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
         "model":{"type":"WordLevel","vocab":{"a":0,"<unk>":1},"unk_token":"<unk>"}}"#;
     d.write("bad/tokenizer.json", no_eos);
     d.write("junk.json", "{\"not\": \"a tokenizer\"}");
     for (path, want) in [("bad", "</s>"), ("junk.json", "not a tokenizer.json")] {
-        let err = d
-            .ehrprep(&[
-                "build",
-                "--mimic-dir",
-                mimic.to_str().unwrap(),
-                "--out",
-                "out",
-                "--tokenizer",
-                path,
-            ])
-            .fails();
+        let err = d.build_fixtures("out", &["--tokenizer", path]).fails();
         assert!(err.contains(want), "{err}");
         assert!(!d.join("out/catalog.duckdb").exists());
         assert!(!d.join("out/shards").exists() && !d.join("out/tokenizer").exists());

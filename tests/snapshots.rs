@@ -16,8 +16,9 @@ fn settings() -> insta::Settings {
     s
 }
 
-#[test]
-fn normalized_fixture_notes() {
+/// Every fixture note under `fixtures/notes`, by name, normalized as its source says
+/// (`iv_` files are MIMIC-IV).
+fn normalized_fixture_notes_by_name() -> Vec<(String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/notes");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -25,15 +26,24 @@ fn normalized_fixture_notes() {
         .collect();
     files.sort();
     assert!(files.len() >= 6);
-    for file in files {
-        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
-        let source = if name.starts_with("iv_") {
-            Source::MimicIv
-        } else {
-            Source::MimicIii
-        };
-        let raw = std::fs::read_to_string(&file).unwrap();
-        let normalized = normalize(&raw, source, Deid::Tags);
+    files
+        .into_iter()
+        .map(|file| {
+            let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+            let source = if name.starts_with("iv_") {
+                Source::MimicIv
+            } else {
+                Source::MimicIii
+            };
+            let raw = std::fs::read_to_string(&file).unwrap();
+            (name, normalize(&raw, source, Deid::Tags))
+        })
+        .collect()
+}
+
+#[test]
+fn normalized_fixture_notes() {
+    for (name, normalized) in normalized_fixture_notes_by_name() {
         settings().bind(|| insta::assert_snapshot!(format!("normalize__{name}"), normalized));
     }
 }
@@ -89,20 +99,7 @@ fn fixture_tokenizer(d: &Dir) -> tokenizers::Tokenizer {
 fn tokenized_fixture_notes() {
     let d = Dir::new();
     let tok = fixture_tokenizer(&d);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/notes");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for file in files {
-        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
-        let source = if name.starts_with("iv_") {
-            Source::MimicIv
-        } else {
-            Source::MimicIii
-        };
-        let text = normalize(&std::fs::read_to_string(&file).unwrap(), source, Deid::Tags);
+    for (name, text) in normalized_fixture_notes_by_name() {
         let enc = tok.encode(text.as_str(), true).unwrap();
         let lines: String = enc
             .get_tokens()
