@@ -1,0 +1,50 @@
+//! ehrprep's T5 trainer plugin: T5 in libtorch (tch), loaded by the host at run time.
+//!
+//! The host talks to it only through the C ABI of `ehrprep_plugin_api`; methods take and
+//! return JSON. This crate is also a Rust library so its tests and the standalone benchmark
+//! driver can call the model directly.
+
+pub mod checkpoint;
+pub mod data;
+pub mod model;
+pub mod optim;
+pub mod train;
+
+use ehrprep_plugin_api::{CallError, Host, Plugin, PluginInfo, export_plugin};
+
+/// The plugin as the host sees it.
+pub struct T5Plugin;
+
+impl Plugin for T5Plugin {
+    fn info() -> PluginInfo {
+        let mut capabilities = vec!["pretrain".to_string()];
+        if tch::Cuda::is_available() {
+            capabilities.push("cuda".into());
+        }
+        PluginInfo {
+            name: "t5".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            capabilities,
+            description: format!(
+                "T5 v1.0/v1.1 pretraining in libtorch (presets: {})",
+                model::T5Config::PRESETS.join(", ")
+            ),
+        }
+    }
+
+    fn call(method: &str, request: &str, host: &Host<'_>) -> Result<String, CallError> {
+        match method {
+            "pretrain" => {
+                let req: train::PretrainRequest = serde_json::from_str(request)
+                    .map_err(|e| CallError::Failed(format!("bad pretrain request: {e}")))?;
+                let result = train::pretrain(&req, host)?;
+                Ok(serde_json::to_string(&result).expect("result serializes"))
+            }
+            other => Err(CallError::Failed(format!(
+                "the t5 plugin has no method `{other}`"
+            ))),
+        }
+    }
+}
+
+export_plugin!(T5Plugin);

@@ -1,0 +1,507 @@
+//! The pretraining loop: span-corrupted batches from the shards, Adafactor (or AdamW) on an
+//! inverse-sqrt schedule, gradient accumulation and clipping, periodic validation, and
+//! atomic checkpoints that resume exactly.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ehrprep_plugin_api::{CallError, Host};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::data::{Examples, Manifest, Rows};
+use crate::model::{T5, T5Config};
+use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_grad_norm};
+
+/// What `pretrain` is asked to do. The host fills every field; defaults here are for
+/// hand-written requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainRequest {
+    /// The build's `shards/` folder (with `manifest.json`).
+    pub shards_dir: PathBuf,
+    /// The run folder: checkpoints and `run.json`.
+    pub out: PathBuf,
+    /// A preset name (`t5-base`, `tiny`, ...), used unless `init` is given.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// A Hugging Face T5 directory to continue from (`config.json`, `model.safetensors`).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Continue the run in `out` from its latest checkpoint.
+    #[serde(default)]
+    pub resume: bool,
+    /// Total optimizer steps (a resumed run continues up to this count).
+    pub steps: u64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate; default 1/sqrt(warmup) for Adafactor (T5's schedule), 1e-3 for AdamW.
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default = "default_warmup")]
+    pub warmup: u64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[serde(default = "one_f")]
+    pub clip: f64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Validation loss every this many steps (0: only at checkpoints).
+    #[serde(default = "default_every")]
+    pub eval_every: u64,
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    #[serde(default = "default_every")]
+    pub save_every: u64,
+    #[serde(default = "default_keep")]
+    pub keep_last: usize,
+    /// CPU threads for libtorch (0: libtorch's default).
+    #[serde(default)]
+    pub threads: i32,
+}
+
+fn default_model() -> String {
+    "t5-base".into()
+}
+fn default_batch() -> usize {
+    128
+}
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adafactor
+}
+fn default_warmup() -> u64 {
+    40_000
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_every() -> u64 {
+    1000
+}
+fn default_eval_batches() -> usize {
+    20
+}
+fn default_keep() -> usize {
+    3
+}
+
+/// What a finished (or stopped) run reports back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainResult {
+    pub step: u64,
+    pub checkpoint: Option<PathBuf>,
+    pub last_loss: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub device: String,
+    pub parameters: i64,
+    pub model_config: T5Config,
+}
+
+/// `trainer_state.json` in every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: u64,
+    /// Examples consumed: the data position.
+    pub examples: u64,
+    pub seed: u64,
+    pub optimizer: OptimizerKind,
+    pub build_id: String,
+    pub tokenizer_sha256: String,
+    pub validation_loss: Option<f64>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Event<'a> {
+    Start {
+        start_step: u64,
+        steps: u64,
+        device: &'a str,
+        parameters: i64,
+        model_config: &'a T5Config,
+    },
+    TrainStep {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens: u64,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+    },
+    Validation {
+        step: u64,
+        loss: f64,
+    },
+    Checkpoint {
+        step: u64,
+        path: &'a Path,
+        validation_loss: Option<f64>,
+        sha256: &'a str,
+    },
+}
+
+pub fn device_for(name: &str) -> Result<Device, String> {
+    match name {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        _ if name.starts_with("cuda") => {
+            let index = name
+                .strip_prefix("cuda:")
+                .map(|i| {
+                    i.parse::<usize>()
+                        .map_err(|_| format!("bad device `{name}`"))
+                })
+                .transpose()?
+                .unwrap_or(0);
+            if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
+                return Err(format!(
+                    "device `{name}` is not available (CUDA devices: {})",
+                    tch::Cuda::device_count()
+                ));
+            }
+            Ok(Device::Cuda(index))
+        }
+        other => Err(format!(
+            "unknown device `{other}` (auto, cpu, cuda, cuda:N)"
+        )),
+    }
+}
+
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The checkpoint the run folder's `latest` file names.
+pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(run.join("latest")).ok()?;
+    let dir = run.join(name.trim());
+    dir.join("trainer_state.json").exists().then_some(dir)
+}
+
+fn err(context: &str) -> impl Fn(tch::TchError) -> CallError + '_ {
+    move |e| CallError::Failed(format!("{context}: {e}"))
+}
+
+pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult, CallError> {
+    if req.threads > 0 {
+        tch::set_num_threads(req.threads);
+    }
+    let device = device_for(&req.device)?;
+    let manifest = Manifest::read(&req.shards_dir)?;
+    let train_rows = Rows::load(&req.shards_dir, &manifest, "train")?;
+    let valid_rows = Rows::load(&req.shards_dir, &manifest, "validation")?;
+    if train_rows.is_empty() {
+        return Err(CallError::Failed(format!(
+            "`{}` has no training rows",
+            req.shards_dir.display()
+        )));
+    }
+    if req.batch_size == 0 || req.grad_accum == 0 {
+        return Err(CallError::Failed(
+            "batch size and accumulation must be at least 1".into(),
+        ));
+    }
+
+    let resume_from = if req.resume {
+        Some(latest_checkpoint(&req.out).ok_or_else(|| {
+            CallError::Failed(format!(
+                "`{}` has no checkpoint to resume from",
+                req.out.display()
+            ))
+        })?)
+    } else {
+        None
+    };
+    let mut config = match (&resume_from, &req.init) {
+        (Some(dir), _) | (None, Some(dir)) => T5Config::read(dir)?,
+        (None, None) => T5Config::preset(&req.model).ok_or_else(|| {
+            CallError::Failed(format!(
+                "unknown model `{}`; presets: {}",
+                req.model,
+                T5Config::PRESETS.join(", ")
+            ))
+        })?,
+    };
+    // The vocabulary must hold every id the tokenizer makes; round up like T5's 32128.
+    let needed = (manifest.tokenizer.vocab_size as u64).div_ceil(128) as i64 * 128;
+    let init_vocab = config.vocab_size;
+    if resume_from.is_none() && config.vocab_size < needed {
+        config.vocab_size = needed;
+    }
+    if config.vocab_size < manifest.tokenizer.vocab_size as i64 {
+        return Err(CallError::Failed(format!(
+            "the model's vocabulary ({}) is smaller than the tokenizer's ({})",
+            config.vocab_size, manifest.tokenizer.vocab_size
+        )));
+    }
+    // T5 v1.1 turned dropout off for pretraining.
+    config.dropout_rate = 0.0;
+
+    tch::manual_seed(req.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let compute = if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let model = T5::new(&vs, config.clone(), compute);
+    let mut optimizer = Optimizer::new(req.optimizer);
+    let mut start_step = 0;
+    let mut examples_seen = 0;
+    if let Some(dir) = &resume_from {
+        crate::checkpoint::load_weights(&mut vs, &dir.join("model.safetensors"))?;
+        let state: TrainerState = crate::checkpoint::read_json(&dir.join("trainer_state.json"))?;
+        if state.build_id != manifest.build_id
+            || state.tokenizer_sha256 != manifest.tokenizer.sha256
+        {
+            return Err(CallError::Failed(format!(
+                "`{}` was trained on build {} with another tokenizer or corpus; it cannot resume on build {}",
+                req.out.display(),
+                state.build_id,
+                manifest.build_id
+            )));
+        }
+        let named = Tensor::read_safetensors(dir.join("optimizer.safetensors"))
+            .map_err(err("reading optimizer state"))?;
+        optimizer.load_state(state.step, named, device)?;
+        start_step = state.step;
+        examples_seen = state.examples;
+        host.info(&format!(
+            "resuming from step {start_step} ({})",
+            dir.display()
+        ));
+    } else if let Some(dir) = &req.init {
+        crate::checkpoint::load_hf(&mut vs, dir, init_vocab)?;
+        host.info(&format!("initialized from {}", dir.display()));
+    }
+    crate::checkpoint::prepare_run_dir(&req.out, req)?;
+
+    let lr_schedule = match (req.optimizer, req.lr) {
+        (_, Some(lr)) => Schedule::InverseSqrt {
+            peak: lr,
+            warmup: req.warmup,
+        },
+        (OptimizerKind::Adafactor, None) => Schedule::InverseSqrt {
+            peak: 1.0 / (req.warmup.max(1) as f64).sqrt(),
+            warmup: req.warmup,
+        },
+        (OptimizerKind::Adamw, None) => Schedule::InverseSqrt {
+            peak: 1e-3,
+            warmup: req.warmup,
+        },
+    };
+    let params: Vec<(String, Tensor)> = {
+        let mut v: Vec<_> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let device_label = device_name(device);
+    let parameters = config.parameters();
+    host.event(&Event::Start {
+        start_step,
+        steps: req.steps,
+        device: &device_label,
+        parameters,
+        model_config: &config,
+    });
+
+    let mut train = Examples::new(&train_rows, &manifest, req.seed, true);
+    let started = Instant::now();
+    let mut last_loss = None;
+    let mut validation_loss = None;
+    let mut last_checkpoint = resume_from.clone();
+    let mut step = start_step;
+    let validate = |model: &T5| -> Option<f64> {
+        if valid_rows.is_empty() {
+            return None;
+        }
+        let mut valid = Examples::new(&valid_rows, &manifest, req.seed, false);
+        let n = (req.eval_batches * req.batch_size)
+            .min(valid_rows.len())
+            .max(1);
+        let mut total = 0.0;
+        let mut batches = 0;
+        tch::no_grad(|| {
+            let mut first = 0;
+            while first < n as u64 {
+                let size = req.batch_size.min(n - first as usize);
+                let b = valid.batch(first, size, device);
+                total += model
+                    .loss(&b.inputs, &b.mask, &b.labels, false)
+                    .double_value(&[])
+                    * size as f64;
+                batches += size;
+                first += size as u64;
+            }
+        });
+        Some(total / batches as f64)
+    };
+
+    while step < req.steps {
+        if host.cancelled() {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        let mut zeroed = false;
+        for _ in 0..req.grad_accum {
+            let b = train.batch(examples_seen, req.batch_size, device);
+            examples_seen += req.batch_size as u64;
+            let loss = model.loss(&b.inputs, &b.mask, &b.labels, true);
+            if !zeroed {
+                for (_, p) in &params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.zero_();
+                    }
+                }
+                zeroed = true;
+            }
+            (&loss / req.grad_accum as f64).backward();
+            loss_sum += loss.double_value(&[]);
+            tokens += b.input_tokens;
+        }
+        let loss = loss_sum / req.grad_accum as f64;
+        if !loss.is_finite() {
+            return Err(CallError::Failed(format!(
+                "the loss is {loss} at step {}; stopping",
+                step + 1
+            )));
+        }
+        let grad_norm = clip_grad_norm(&params, req.clip);
+        step += 1;
+        let lr = lr_schedule.lr(step);
+        optimizer.step(&params, lr);
+        let seconds = t0.elapsed().as_secs_f64();
+        last_loss = Some(loss);
+        host.event(&Event::TrainStep {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            tokens: tokens as u64,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
+            elapsed_s: started.elapsed().as_secs_f64(),
+        });
+        let save = step == req.steps || (req.save_every > 0 && step % req.save_every == 0);
+        if save || (req.eval_every > 0 && step % req.eval_every == 0) {
+            validation_loss = validate(&model);
+            if let Some(loss) = validation_loss {
+                host.event(&Event::Validation { step, loss });
+            }
+        }
+        if save {
+            last_checkpoint = Some(write_checkpoint(
+                &vs,
+                &model,
+                &optimizer,
+                &manifest,
+                req,
+                step,
+                examples_seen,
+                validation_loss,
+                host,
+            )?);
+        }
+    }
+
+    let result = PretrainResult {
+        step,
+        checkpoint: last_checkpoint.clone(),
+        last_loss,
+        validation_loss,
+        device: device_label,
+        parameters,
+        model_config: config,
+    };
+    if step < req.steps {
+        // Stopped by the user: leave a checkpoint at this exact step to resume from.
+        let saved = last_checkpoint
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        let result =
+            if saved.as_deref() != Some(&crate::checkpoint::dir_name(step)) && step > start_step {
+                let dir = write_checkpoint(
+                    &vs,
+                    &model,
+                    &optimizer,
+                    &manifest,
+                    req,
+                    step,
+                    examples_seen,
+                    validation_loss,
+                    host,
+                )?;
+                PretrainResult {
+                    checkpoint: Some(dir),
+                    ..result
+                }
+            } else {
+                result
+            };
+        return Err(CallError::Cancelled(
+            serde_json::to_string(&result).expect("result serializes"),
+        ));
+    }
+    Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint(
+    vs: &nn::VarStore,
+    model: &T5,
+    optimizer: &Optimizer,
+    manifest: &Manifest,
+    req: &PretrainRequest,
+    step: u64,
+    examples: u64,
+    validation_loss: Option<f64>,
+    host: &Host<'_>,
+) -> Result<PathBuf, CallError> {
+    let state = TrainerState {
+        step,
+        examples,
+        seed: req.seed,
+        optimizer: req.optimizer,
+        build_id: manifest.build_id.clone(),
+        tokenizer_sha256: manifest.tokenizer.sha256.clone(),
+        validation_loss,
+    };
+    let dir = crate::checkpoint::save(&req.out, vs, &model.config, Some((optimizer, &state)))?;
+    let sha = sha256_file(&dir.join("model.safetensors"))?;
+    host.event(&Event::Checkpoint {
+        step,
+        path: &dir,
+        validation_loss,
+        sha256: &sha,
+    });
+    crate::checkpoint::prune(&req.out, req.keep_last)?;
+    Ok(dir)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, CallError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CallError::Failed(format!("reading `{}`: {e}", path.display())))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}

@@ -1,0 +1,52 @@
+//! Numerical parity with Hugging Face transformers: logits and loss of tiny random T5 v1.0
+//! and v1.1 models, from golden data made by `scripts/t5_golden.py`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ehrprep_t5::checkpoint::load_hf;
+use ehrprep_t5::model::{T5, T5Config};
+use tch::{Device, Kind, Tensor, nn};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/t5")
+        .join(name)
+}
+
+fn check(name: &str) {
+    let dir = fixture(name);
+    let config = T5Config::read(&dir).unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = T5::new(&vs, config.clone(), Kind::Float);
+    load_hf(&mut vs, &dir, config.vocab_size).unwrap();
+    let golden: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("golden.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let logits = tch::no_grad(|| {
+        model.forward(
+            &golden["input_ids"],
+            &golden["attention_mask"],
+            &golden["labels"],
+            false,
+        )
+    });
+    let expected = &golden["logits"];
+    assert_eq!(logits.size(), expected.size());
+    let diff = (&logits - expected).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "{name}: logits differ by up to {diff}");
+    let loss = ehrprep_t5::model::cross_entropy(&logits, &golden["labels"]).double_value(&[]);
+    let want = golden["loss"].double_value(&[0]);
+    assert!((loss - want).abs() < 1e-4, "{name}: loss {loss} vs {want}");
+}
+
+#[test]
+fn t5_v1_0_matches_transformers() {
+    check("v1_0");
+}
+
+#[test]
+fn t5_v1_1_matches_transformers() {
+    check("v1_1");
+}
