@@ -151,6 +151,69 @@ impl Host<'_> {
     }
 }
 
+impl<'a> Host<'a> {
+    /// Wraps raw callbacks, for calling a plugin's Rust code in process (tests, drivers).
+    pub fn new(raw: &'a HostCallbacks) -> Host<'a> {
+        Host { raw }
+    }
+}
+
+/// The host's side of the callbacks, in safe Rust. Plugins call it from the thread that
+/// made the call, one callback at a time.
+pub trait HostSink {
+    fn log(&mut self, level: u32, text: &str);
+    /// `json` is one event object.
+    fn event(&mut self, json: &str);
+    fn cancelled(&mut self) -> bool;
+}
+
+type SinkRef<'s> = &'s mut dyn HostSink;
+
+/// Runs `f` with C callbacks that forward to `sink`. A panic in the sink is caught (it
+/// must not unwind through the plugin) and the event dropped.
+pub fn with_sink<R>(sink: &mut dyn HostSink, f: impl FnOnce(&HostCallbacks) -> R) -> R {
+    let mut sink: SinkRef<'_> = sink;
+    let callbacks = HostCallbacks {
+        ctx: (&mut sink as *mut SinkRef<'_>).cast(),
+        log: sink_log,
+        event: sink_event,
+        cancelled: sink_cancelled,
+    };
+    f(&callbacks)
+}
+
+/// # Safety
+/// `ctx` is the pointer `with_sink` made, still inside its call.
+unsafe fn sink<'a>(ctx: *mut c_void) -> &'a mut SinkRef<'a> {
+    // SAFETY: guaranteed by the caller; `with_sink` outlives every callback.
+    unsafe { &mut *ctx.cast::<SinkRef<'a>>() }
+}
+
+/// # Safety
+/// `text` points to `len` readable bytes.
+unsafe fn text<'a>(text: *const u8, len: usize) -> std::borrow::Cow<'a, str> {
+    // SAFETY: guaranteed by the caller.
+    String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(text, len) })
+}
+
+unsafe extern "C" fn sink_log(ctx: *mut c_void, level: u32, t: *const u8, len: usize) {
+    // SAFETY: the plugin passes back our ctx and a valid buffer.
+    let (sink, t) = unsafe { (sink(ctx), text(t, len)) };
+    let _ = catch_unwind(AssertUnwindSafe(|| sink.log(level, &t)));
+}
+
+unsafe extern "C" fn sink_event(ctx: *mut c_void, t: *const u8, len: usize) {
+    // SAFETY: as in `sink_log`.
+    let (sink, t) = unsafe { (sink(ctx), text(t, len)) };
+    let _ = catch_unwind(AssertUnwindSafe(|| sink.event(&t)));
+}
+
+unsafe extern "C" fn sink_cancelled(ctx: *mut c_void) -> bool {
+    // SAFETY: as in `sink_log`.
+    let sink = unsafe { sink(ctx) };
+    catch_unwind(AssertUnwindSafe(|| sink.cancelled())).unwrap_or(true)
+}
+
 fn into_bytes(s: String) -> PluginBytes {
     let mut s = std::mem::ManuallyDrop::new(s.into_bytes());
     PluginBytes {
@@ -248,7 +311,6 @@ macro_rules! export_plugin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     struct Echo;
     impl Plugin for Echo {
@@ -274,51 +336,54 @@ mod tests {
         }
     }
 
-    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    unsafe extern "C" fn log(_: *mut c_void, _: u32, text: *const u8, len: usize) {
-        let text = unsafe { std::slice::from_raw_parts(text, len) };
-        SEEN.lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(text).into());
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<String>,
     }
-    unsafe extern "C" fn cancelled(_: *mut c_void) -> bool {
-        true
+    impl HostSink for Recorder {
+        fn log(&mut self, _: u32, text: &str) {
+            self.seen.push(text.to_string());
+        }
+        fn event(&mut self, json: &str) {
+            self.seen.push(json.to_string());
+        }
+        fn cancelled(&mut self) -> bool {
+            true
+        }
     }
 
-    fn run(method: &str, request: &str) -> (i32, String) {
-        let host = HostCallbacks {
-            ctx: std::ptr::null_mut(),
-            log,
-            event: log,
-            cancelled,
-        };
+    fn run_with(sink: &mut Recorder, method: &str, request: &str) -> (i32, String) {
         let mut out = PluginBytes {
             ptr: std::ptr::null_mut(),
             len: 0,
             cap: 0,
         };
-        let status = unsafe {
+        let status = with_sink(sink, |host| unsafe {
             glue::call::<Echo>(
                 method.as_ptr(),
                 method.len(),
                 request.as_ptr(),
                 request.len(),
-                &host,
+                host,
                 &mut out,
             )
-        };
+        });
         let text = unsafe { String::from_utf8_lossy(std::slice::from_raw_parts(out.ptr, out.len)) }
             .into_owned();
         unsafe { glue::free(out) };
         (status, text)
     }
 
+    fn run(method: &str, request: &str) -> (i32, String) {
+        run_with(&mut Recorder::default(), method, request)
+    }
+
     #[test]
     fn calls_cross_the_boundary_with_status_and_text() {
-        assert_eq!(run("echo", "{\"a\":1}"), (STATUS_OK, "{\"a\":1}".into()));
-        let seen = SEEN.lock().unwrap().clone();
-        assert!(seen.contains(&"echoing".to_string()));
-        assert!(seen.contains(&"{\"kind\":\"echo\"}".to_string()));
+        let mut sink = Recorder::default();
+        let result = run_with(&mut sink, "echo", "{\"a\":1}");
+        assert_eq!(result, (STATUS_OK, "{\"a\":1}".into()));
+        assert_eq!(sink.seen, ["echoing", "{\"kind\":\"echo\"}"]);
         assert_eq!(run("stop", ""), (STATUS_CANCELLED, "{}".into()));
         assert_eq!(run("nope", ""), (STATUS_ERROR, "no method `nope`".into()));
     }

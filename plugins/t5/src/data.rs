@@ -180,7 +180,3 @@ impl<'a> Examples<'a> {
         }
     }
 }
-
-pub fn int64(device: Device) -> (Kind, Device) {
-    (Kind::Int64, device)
-}

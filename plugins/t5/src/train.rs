@@ -256,14 +256,19 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     // T5 v1.1 turned dropout off for pretraining.
     config.dropout_rate = 0.0;
 
-    tch::manual_seed(req.seed as i64);
     let mut vs = nn::VarStore::new(device);
     let compute = if device.is_cuda() {
         Kind::BFloat16
     } else {
         Kind::Float
     };
-    let model = T5::new(&vs, config.clone(), compute);
+    let model = {
+        // libtorch's generator is global: seed and draw the initial weights in one piece.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(req.seed as i64);
+        T5::new(&vs, config.clone(), compute)
+    };
     let mut optimizer = Optimizer::new(req.optimizer);
     let mut start_step = 0;
     let mut examples_seen = 0;

@@ -1,0 +1,194 @@
+//! Pretraining on the fixture corpus's shards with the tiny model, on the CPU: the loss
+//! falls, a stopped run resumes bit for bit, checkpoints are Hugging Face directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ehrprep::pack::PackSettings;
+use ehrprep::pipeline::{BuildConfig, run_build};
+use ehrprep::tokenizer::TokenizerConfig;
+use ehrprep_plugin_api::{CallError, Host, HostSink, with_sink};
+use ehrprep_t5::train::{PretrainRequest, PretrainResult, pretrain};
+use serde_json::Value;
+
+/// Shards of the shipped fixtures (small vocabulary, 128-token inputs), built once.
+fn shards() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mimic = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mimic");
+        let mut config = BuildConfig::new(mimic, dir.path().join("build"));
+        config.pack = Some(PackSettings {
+            tokenizer_config: TokenizerConfig {
+                vocab_size: 1000,
+                ..TokenizerConfig::default()
+            },
+            inputs_length: 128,
+            validation_fraction: 0.2,
+            ..PackSettings::default()
+        });
+        run_build(&config, &ehrprep::progress::Silent).unwrap();
+        let shards = dir.path().join("build/shards");
+        (dir, shards)
+    })
+    .1
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Vec<Value>,
+    /// Report "cancelled" once this many steps have been seen.
+    stop_after: Option<usize>,
+}
+
+impl HostSink for Recorder {
+    fn log(&mut self, _: u32, _: &str) {}
+    fn event(&mut self, json: &str) {
+        self.events.push(serde_json::from_str(json).unwrap());
+    }
+    fn cancelled(&mut self) -> bool {
+        self.stop_after.is_some_and(|n| self.losses().len() >= n)
+    }
+}
+
+impl Recorder {
+    fn losses(&self) -> Vec<f64> {
+        self.of_kind("train_step")
+            .map(|e| e["loss"].as_f64().unwrap())
+            .collect()
+    }
+    fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["kind"] == kind)
+    }
+}
+
+fn request(out: &Path, steps: u64) -> PretrainRequest {
+    serde_json::from_value(serde_json::json!({
+        "shards_dir": shards(),
+        "out": out,
+        "model": "tiny",
+        "steps": steps,
+        "batch_size": 4,
+        "warmup": 10,
+        "device": "cpu",
+        "seed": 11,
+        "eval_every": 0,
+        "eval_batches": 2,
+        "save_every": 0,
+        "keep_last": 2,
+        "threads": 1,
+    }))
+    .unwrap()
+}
+
+fn run(req: &PretrainRequest, sink: &mut Recorder) -> Result<PretrainResult, CallError> {
+    with_sink(sink, |raw| pretrain(req, &Host::new(raw)))
+}
+
+#[test]
+fn loss_falls_over_a_short_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(dir.path(), 40);
+    req.batch_size = 8;
+    let mut sink = Recorder::default();
+    let result = run(&req, &mut sink).unwrap();
+    let losses = sink.losses();
+    assert_eq!(losses.len(), 40);
+    let first = losses[..3].iter().sum::<f64>() / 3.0;
+    let last = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(last < first - 1.0, "loss went from {first:.3} to {last:.3}");
+    assert_eq!(result.step, 40);
+    // The final checkpoint: a Hugging Face directory plus the state to resume.
+    let ckpt = result.checkpoint.unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(ckpt.join(file).exists(), "{file} in {}", ckpt.display());
+    }
+    assert!(result.validation_loss.unwrap().is_finite());
+    assert_eq!(sink.of_kind("checkpoint").count(), 1);
+    let step = sink.of_kind("train_step").last().unwrap();
+    for field in ["lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"] {
+        assert!(step[field].as_f64().unwrap() > 0.0, "{field} in {step}");
+    }
+}
+
+fn weights(checkpoint: &Path) -> Vec<u8> {
+    std::fs::read(checkpoint.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_stopped_run_resumes_bit_for_bit() {
+    let whole = tempfile::tempdir().unwrap();
+    let mut sink = Recorder::default();
+    let straight = run(&request(whole.path(), 6), &mut sink).unwrap();
+
+    // The same run stopped by the user after 3 steps, then resumed to 6.
+    let split = tempfile::tempdir().unwrap();
+    let mut sink = Recorder {
+        stop_after: Some(3),
+        ..Recorder::default()
+    };
+    let stopped = run(&request(split.path(), 6), &mut sink);
+    let Err(CallError::Cancelled(json)) = stopped else {
+        panic!("expected a cancelled run, got {stopped:?}");
+    };
+    let partial: PretrainResult = serde_json::from_str(&json).unwrap();
+    assert_eq!(partial.step, 3);
+    let mut req = request(split.path(), 6);
+    req.resume = true;
+    let mut sink = Recorder::default();
+    let resumed = run(&req, &mut sink).unwrap();
+    assert_eq!(sink.losses().len(), 3, "only the missing steps run");
+
+    let a = weights(&straight.checkpoint.unwrap());
+    let b = weights(&resumed.checkpoint.unwrap());
+    assert!(
+        a == b,
+        "resumed weights differ from the uninterrupted run's"
+    );
+    // keep_last = 2: the step-3 and step-6 checkpoints.
+    let mut kept: Vec<String> = std::fs::read_dir(split.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["checkpoint-00000003", "checkpoint-00000006"]);
+}
+
+#[test]
+fn adamw_and_accumulation_train_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(dir.path(), 4);
+    req.optimizer = ehrprep_t5::optim::OptimizerKind::Adamw;
+    req.grad_accum = 2;
+    let mut sink = Recorder::default();
+    run(&req, &mut sink).unwrap();
+    let steps: Vec<&Value> = sink.of_kind("train_step").collect();
+    assert_eq!(steps.len(), 4);
+    // Two micro-batches of 4 rows of 128 input tokens per step.
+    assert_eq!(steps[0]["tokens"], 2 * 4 * 128);
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(dir.path(), 1);
+    req.model = "t5-huge".into();
+    let err = run(&req, &mut Recorder::default()).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Failed(m) if m.contains("unknown model `t5-huge`")),
+        "{err:?}"
+    );
+    let mut req = request(dir.path(), 1);
+    req.resume = true;
+    let err = run(&req, &mut Recorder::default()).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Failed(m) if m.contains("no checkpoint to resume")),
+        "{err:?}"
+    );
+}
