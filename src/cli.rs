@@ -4,10 +4,10 @@
 //! Exit codes: 0 success, 2 error. Errors print once as `error: ...` with indented causes.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::normalize::Deid;
 use crate::pack::PackSettings;
 use crate::pipeline::{BuildConfig, Recipe, run_build};
+use crate::pretrain::PretrainConfig;
 use crate::progress::Reporter;
 use crate::synth::SynthConfig;
 use crate::tokenizer::TokenizerConfig;
@@ -38,9 +39,93 @@ enum Command {
     Synth(SynthArgs),
     /// Run SQL against a catalog and print the result as a table, CSV or JSON.
     Sql(SqlArgs),
+    /// Pretrain T5 on a build's shards with the trainer plugin; steps, losses and
+    /// checkpoints go to the build's catalog. Ctrl-C stops at the next step with a checkpoint.
+    Pretrain(PretrainArgs),
+    /// Trainer plugins: where ehrprep looks for them and what they offer.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
     /// Time tokenize+pack against plain batch encoding on a finished build (JSON out).
     #[command(hide = true)]
     BenchPack(BenchPackArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// List the plugins found: name, version, ABI, capabilities, path. Libraries on the
+    /// search path that are not usable plugins are listed with the reason.
+    List {
+        /// Check this library only.
+        #[arg(long, value_name = "PATH")]
+        plugin: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct PretrainArgs {
+    /// A finished build folder (catalog.duckdb and shards/).
+    #[arg(long, value_name = "OUT", required_unless_present = "resume")]
+    build: Option<PathBuf>,
+    /// The run folder for checkpoints (owner-only).
+    #[arg(long, value_name = "RUN", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in RUN from its latest checkpoint, up to --steps in total.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["build", "out", "model", "init"])]
+    resume: Option<PathBuf>,
+    /// Model size: tiny, tiny-v1_1, t5-small, t5-base, t5-large, t5-v1_1-small,
+    /// t5-v1_1-base, t5-v1_1-large.
+    #[arg(long, default_value = "t5-base")]
+    model: String,
+    /// Start from a Hugging Face T5 folder (config.json, model.safetensors) instead.
+    #[arg(long, value_name = "DIR")]
+    init: Option<PathBuf>,
+    /// Total optimizer steps.
+    #[arg(long)]
+    steps: u64,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// adafactor (T5's) or adamw.
+    #[arg(long, default_value = "adafactor")]
+    optimizer: String,
+    /// Peak learning rate [default: 1/sqrt(warmup) for Adafactor, 1e-3 for AdamW].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Steps at the peak rate before the inverse-sqrt decay.
+    #[arg(long, default_value_t = 40_000)]
+    warmup: u64,
+    /// Clip the gradient norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// auto, cpu, cuda or cuda:N. CUDA trains in bf16, the CPU in f32.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Validation loss every N steps (0: at checkpoints only).
+    #[arg(long, default_value_t = 1000)]
+    eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 20)]
+    eval_batches: usize,
+    /// Checkpoint every N steps (and always at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 1000)]
+    save_every: u64,
+    /// Checkpoints kept (0: all).
+    #[arg(long, default_value_t = 3)]
+    keep_last: usize,
+    /// CPU threads for libtorch [default: libtorch's].
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Use this plugin library instead of searching EHRPREP_PLUGIN_PATH and the binary's folder.
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,12 +273,114 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build(args),
         Command::Synth(args) => synth(args),
         Command::Sql(args) => sql(args),
+        Command::Pretrain(args) => pretrain(args),
+        Command::Plugins(PluginsCommand::List { plugin }) => plugins_list(plugin.as_deref()),
         Command::BenchPack(args) => {
             let report = crate::bench::pack(&args.db, &args.tokenizer, &args.scratch)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
     }
+}
+
+fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
+    let plugin = crate::plugin::find("pretrain", args.plugin.as_deref())?;
+    let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    // First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping at the next step (Ctrl-C again to quit without a checkpoint)");
+    });
+    let resume = args.resume.is_some();
+    let config = PretrainConfig {
+        build: args.build,
+        out: args
+            .resume
+            .or(args.out)
+            .expect("clap requires --out or --resume"),
+        resume,
+        model: (!resume).then_some(args.model),
+        init: args.init,
+        steps: args.steps,
+        batch_size: Some(args.batch_size),
+        grad_accum: Some(args.grad_accum),
+        optimizer: Some(args.optimizer),
+        lr: args.lr,
+        warmup: Some(args.warmup),
+        clip: Some(args.clip),
+        device: Some(args.device),
+        seed: Some(args.seed),
+        eval_every: Some(args.eval_every),
+        eval_batches: Some(args.eval_batches),
+        save_every: Some(args.save_every),
+        keep_last: Some(args.keep_last),
+        threads: args.threads,
+    };
+    eprintln!(
+        "plugin {} {} ({})",
+        plugin.info.name,
+        plugin.info.version,
+        plugin.path.display()
+    );
+    let reporter = BarReporter::new(args.quiet);
+    let summary = crate::pretrain::run(&config, &plugin, cancel, &reporter)?;
+    let r = &summary.result;
+    println!(
+        "run {} {} at step {} (loss {}, validation loss {}); checkpoint {}",
+        summary.run_id,
+        summary.status,
+        r["step"],
+        r["last_loss"],
+        r["validation_loss"],
+        r["checkpoint"].as_str().unwrap_or("none"),
+    );
+    if summary.status == "cancelled" {
+        println!(
+            "resume with: ehrprep pretrain --resume {} --steps {}",
+            config.out.display(),
+            config.steps
+        );
+    }
+    Ok(())
+}
+
+fn plugins_list(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let found = crate::plugin::discover(explicit);
+    if explicit.is_none() {
+        let dirs = crate::plugin::search_path();
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        eprintln!("searched: {}", dirs.join(", "));
+    }
+    let mut usable = 0;
+    let mut refusals = Vec::new();
+    for (path, loaded) in found {
+        match loaded {
+            Ok(p) => {
+                usable += 1;
+                println!(
+                    "{}\t{}\tabi {}\t{}\t{}",
+                    p.info.name,
+                    p.info.version,
+                    ehrprep_plugin_api::ABI_VERSION,
+                    p.info.capabilities.join(","),
+                    path.display()
+                );
+            }
+            Err(e) => refusals.push(e),
+        }
+    }
+    for e in &refusals {
+        eprintln!("skipped: {e}");
+    }
+    if let (Some(_), Some(e)) = (explicit, refusals.into_iter().next()) {
+        return Err(e.into());
+    }
+    if usable == 0 {
+        eprintln!("no plugins found; set EHRPREP_PLUGIN_PATH or pass --plugin PATH");
+    }
+    Ok(())
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
@@ -342,7 +529,9 @@ impl Reporter for BarReporter {
                 ProgressDrawTarget::stderr()
             },
         );
-        let template = if unit == "bytes" {
+        let template = if unit == "steps" {
+            "{prefix:>12} [{bar:30}] {human_pos}/{human_len} {msg} ETA {eta}"
+        } else if unit == "bytes" {
             "{msg:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
         } else {
             "{msg:>24} [{bar:30}] {human_pos}/{human_len} {per_sec} ETA {eta}"
@@ -352,13 +541,23 @@ impl Reporter for BarReporter {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        bar.set_message(stage.to_string());
+        if unit == "steps" {
+            bar.set_prefix(stage.to_string());
+        } else {
+            bar.set_message(stage.to_string());
+        }
         *self.bar.lock().expect("bar lock") = Some(bar);
     }
 
     fn advance(&self, done: u64) {
         if let Some(bar) = self.bar.lock().expect("bar lock").as_ref() {
             bar.inc(done);
+        }
+    }
+
+    fn status(&self, status: &str) {
+        if let Some(bar) = self.bar.lock().expect("bar lock").as_ref() {
+            bar.set_message(status.to_string());
         }
     }
 

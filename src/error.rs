@@ -68,6 +68,9 @@ pub enum Error {
     #[error("catalog error while {doing}: {message}")]
     Catalog { doing: String, message: String },
 
+    #[error("plugin `{}` {problem}", path.display())]
+    Plugin { path: PathBuf, problem: String },
+
     #[error("{0}")]
     Invalid(String),
 }

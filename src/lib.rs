@@ -27,6 +27,8 @@ pub mod normalize;
 pub mod objective;
 pub mod pack;
 pub mod pipeline;
+pub mod plugin;
+pub mod pretrain;
 pub mod progress;
 pub mod query;
 pub mod select;

@@ -11,6 +11,8 @@ pub trait Reporter: Sync {
     fn finish(&self);
     /// A line for the user (never note text).
     fn note(&self, line: &str);
+    /// A short status beside the current stage's bar (loss, rate).
+    fn status(&self, _status: &str) {}
 }
 
 /// Reports nothing.

@@ -42,8 +42,16 @@ impl Dir {
     }
 
     pub fn ehrprep(&self, args: &[&str]) -> Run {
+        self.ehrprep_env(args, &[])
+    }
+
+    /// `ehrprep` with extra environment variables.
+    pub fn ehrprep_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ehrprep"));
         cmd.args(args).current_dir(self.path());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         let output = cmd.output().expect("ehrprep runs");
         Run {
             cmd: format!("ehrprep {}", args.join(" ")),

@@ -8,7 +8,7 @@ use std::path::Path;
 use ehrprep::objective::{SpanCorruption, example_rng};
 use ehrprep::synth::Rng;
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The parts of `shards/manifest.json` training needs.
 #[derive(Debug, Clone, Deserialize)]

@@ -515,7 +515,7 @@ impl T5 {
             train,
         );
         if self.config.tie_word_embeddings {
-            out = out * (self.config.d_model as f64).powf(-0.5);
+            out *= (self.config.d_model as f64).powf(-0.5);
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.shared);
         linear(&out, head).to_kind(Kind::Float)
