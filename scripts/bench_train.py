@@ -27,7 +27,7 @@ PRESETS = {
 def hf(args):
     torch.manual_seed(0)
     device = torch.device(args.device)
-    config = T5Config(vocab_size=32128, dropout_rate=0.0, **PRESETS[args.model])
+    config = T5Config(vocab_size=32128, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **PRESETS[args.model])
     model = T5ForConditionalGeneration(config).to(device).train()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     opt = Adafactor(model.parameters(), lr=1e-3, scale_parameter=True, relative_step=False, warmup_init=False)
