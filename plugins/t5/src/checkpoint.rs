@@ -156,7 +156,9 @@ pub fn load_hf(vs: &mut nn::VarStore, dir: &Path, file_vocab: i64) -> Result<(),
         })
     };
     tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut var) in variables {
             let source = lookup(&name).ok_or_else(|| {
                 CallError::Failed(format!("`{}` has no tensor `{name}`", path.display()))
             })?;

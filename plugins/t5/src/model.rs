@@ -275,9 +275,9 @@ impl Attention {
         let q = split(linear(x, &self.q), tq);
         let key = split(linear(kv, &self.k), tk);
         let value = split(linear(kv, &self.v), tk);
-        let scores = q.matmul(&key.transpose(-2, -1)) + bias.to_kind(k);
+        // Bias, mask and softmax in f32: the mask's f32::MIN has no bf16 equivalent.
+        let scores = q.matmul(&key.transpose(-2, -1)).to_kind(Kind::Float) + bias;
         let weights = scores
-            .to_kind(Kind::Float)
             .softmax(-1, Kind::Float)
             .to_kind(k)
             .dropout(dropout, train);

@@ -50,3 +50,37 @@ fn t5_v1_0_matches_transformers() {
 fn t5_v1_1_matches_transformers() {
     check("v1_1");
 }
+
+#[test]
+fn init_from_a_smaller_vocabulary_keeps_its_rows_and_starts_new_ones_at_the_mean() {
+    let dir = fixture("v1_0");
+    let mut config = T5Config::read(&dir).unwrap();
+    let file_vocab = config.vocab_size;
+    config.vocab_size = file_vocab + 32;
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let _model = T5::new(&vs, config.clone(), Kind::Float);
+    load_hf(&mut vs, &dir, file_vocab).unwrap();
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let shared = &vs.variables()["shared.weight"];
+    let old = &file["shared.weight"];
+    assert!(shared.narrow(0, 0, file_vocab).equal(old));
+    let mean = old.mean_dim(0, true, Kind::Float);
+    let new_rows = shared.narrow(0, file_vocab, 32);
+    assert!(new_rows.allclose(&mean.expand([32, config.d_model], false), 1e-6, 1e-6, false));
+    // Any other shape mismatch is refused by name.
+    let mut wrong = config.clone();
+    wrong.d_ff += 1;
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let _model = T5::new(&vs, wrong, Kind::Float);
+    let err = match load_hf(&mut vs, &dir, file_vocab) {
+        Err(ehrprep_plugin_api::CallError::Failed(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(
+        err.contains("DenseReluDense.wi.weight` has shape [48, 32]; the model expects [49, 32]"),
+        "{err}"
+    );
+}

@@ -192,3 +192,24 @@ fn bad_requests_are_refused_with_a_reason() {
         "{err:?}"
     );
 }
+
+#[test]
+fn pretraining_continues_from_hugging_face_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(dir.path(), 2);
+    req.init = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/t5/v1_1"));
+    let mut sink = Recorder::default();
+    let result = run(&req, &mut sink).unwrap();
+    // The fixture's 96-id vocabulary grew to hold the build's tokenizer, rounded up to 128s.
+    let tokenizer = ehrprep_t5::data::Manifest::read(shards())
+        .unwrap()
+        .tokenizer
+        .vocab_size as i64;
+    assert!(tokenizer > 96);
+    assert_eq!(
+        result.model_config.vocab_size,
+        (tokenizer + 127) / 128 * 128
+    );
+    assert_eq!(result.model_config.feed_forward_proj, "gated-gelu");
+    assert_eq!(sink.losses().len(), 2);
+}
