@@ -288,6 +288,99 @@ pub fn read_ids(path: &Path) -> Result<(usize, Vec<u32>)> {
     Ok((width, ids))
 }
 
+/// A shard file mapped into memory: rows are read in place, never copied, so a trainer's
+/// memory does not grow with the corpus.
+pub struct MappedShard {
+    width: usize,
+    rows: usize,
+    /// Each record batch's ids, pointing into the mapping.
+    batches: Vec<arrow::buffer::ScalarBuffer<u16>>,
+    /// The first row of each batch.
+    starts: Vec<usize>,
+}
+
+impl MappedShard {
+    /// Maps a u16 shard written by [`Packer`].
+    #[allow(unsafe_code)] // memory mapping; see SAFETY below
+    pub fn open(path: &Path) -> Result<MappedShard> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::UInt16Type;
+        use arrow::ipc::reader::{FileDecoder, read_footer_length};
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::Invalid(format!("`{}` is not a readable shard: {e}", path.display()))
+        };
+        let file = std::fs::File::open(path).map_err(Error::io(path))?;
+        // SAFETY: shards are written under a temporary name and renamed when complete;
+        // nothing writes to a finished shard, so the mapped bytes do not change under us.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io(path))?;
+        let buffer = arrow::buffer::Buffer::from(bytes::Bytes::from_owner(map));
+        if buffer.len() < 10 {
+            return Err(bad(&"the file is too short"));
+        }
+        let trailer = buffer.len() - 10;
+        let footer_len = read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
+            .map_err(|e| bad(&e))?;
+        let footer_start = trailer
+            .checked_sub(footer_len)
+            .ok_or_else(|| bad(&"the footer length is past the file's start"))?;
+        let footer =
+            arrow::ipc::root_as_footer(&buffer[footer_start..trailer]).map_err(|e| bad(&e))?;
+        let schema = footer.schema().ok_or_else(|| bad(&"no schema"))?;
+        let schema = Arc::new(arrow::ipc::convert::try_fb_to_schema(schema).map_err(|e| bad(&e))?);
+        let decoder = FileDecoder::new(schema, footer.version());
+        let (mut width, mut rows) = (0, 0);
+        let (mut batches, mut starts) = (Vec::new(), Vec::new());
+        for block in footer.recordBatches().into_iter().flatten() {
+            let len = block.metaDataLength() as usize + block.bodyLength() as usize;
+            let offset = block.offset() as usize;
+            if offset + len > buffer.len() {
+                return Err(bad(&"a record batch lies past the file's end"));
+            }
+            let data = buffer.slice_with_length(offset, len);
+            let batch = decoder
+                .read_record_batch(block, &data)
+                .map_err(|e| bad(&e))?
+                .ok_or_else(|| bad(&"an empty record batch block"))?;
+            let list = batch
+                .column(0)
+                .as_fixed_size_list_opt()
+                .ok_or_else(|| bad(&"column 0 is not a fixed-size list"))?;
+            let ids = list
+                .values()
+                .as_primitive_opt::<UInt16Type>()
+                .ok_or_else(|| bad(&"ids are not u16"))?;
+            width = list.value_length() as usize;
+            starts.push(rows);
+            rows += list.len();
+            batches.push(
+                ids.values()
+                    .slice(list.offset() * width, list.len() * width),
+            );
+        }
+        Ok(MappedShard {
+            width,
+            rows,
+            batches,
+            starts,
+        })
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `i`'s ids, in place.
+    pub fn row(&self, i: usize) -> &[u16] {
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        let at = (i - self.starts[b]) * self.width;
+        &self.batches[b][at..at + self.width]
+    }
+}
+
 /// Encodes texts in parallel; each result ends in `</s>`.
 pub fn encode_batch(tok: &Tokenizer, texts: Vec<String>) -> Result<Vec<Vec<u32>>> {
     let encodings = tok
@@ -349,6 +442,13 @@ mod tests {
             );
             let (width, ids) = read_ids(&path).unwrap();
             assert_eq!(width, 7);
+            // The mapped reader sees the same rows in place, across record batches.
+            let mapped = MappedShard::open(&path).unwrap();
+            assert_eq!((mapped.width(), mapped.rows() as u64), (7, s.rows));
+            let in_place: Vec<u32> = (0..mapped.rows())
+                .flat_map(|r| mapped.row(r).iter().map(|&t| t as u32))
+                .collect();
+            assert_eq!(in_place, ids);
             read.extend(ids);
         }
         assert_eq!(read, all[..total_rows * 7]);

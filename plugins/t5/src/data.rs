@@ -47,46 +47,55 @@ impl Manifest {
     }
 }
 
-/// All rows of one split, each `raw_length` tokens.
+/// All rows of one split, each `raw_length` tokens, read in place from the mapped shards.
 pub struct Rows {
     pub raw_length: usize,
-    ids: Vec<u16>,
+    shards: Vec<ehrprep::shards::MappedShard>,
+    /// The first row of each shard.
+    starts: Vec<usize>,
+    len: usize,
 }
 
 impl Rows {
     pub fn load(shards_dir: &Path, manifest: &Manifest, split: &str) -> Result<Rows, String> {
-        let mut ids = Vec::new();
-        for shard in manifest.shards.iter().filter(|s| s.split == split) {
-            let path = shards_dir.join(&shard.file);
-            let (width, shard_ids) = ehrprep::shards::read_ids(&path).map_err(|e| e.to_string())?;
-            if width != manifest.raw_length {
+        let (mut shards, mut starts, mut len) = (Vec::new(), Vec::new(), 0);
+        for entry in manifest.shards.iter().filter(|s| s.split == split) {
+            let path = shards_dir.join(&entry.file);
+            let shard = ehrprep::shards::MappedShard::open(&path).map_err(|e| e.to_string())?;
+            if shard.width() != manifest.raw_length || shard.rows() as u64 != entry.rows {
                 return Err(format!(
-                    "`{}` has rows of {width} tokens; the manifest says {}",
+                    "`{}` has {} rows of {} tokens; the manifest says {} of {}",
                     path.display(),
+                    shard.rows(),
+                    shard.width(),
+                    entry.rows,
                     manifest.raw_length
                 ));
             }
-            ids.extend(shard_ids.into_iter().map(|id| id as u16));
-        }
-        if manifest.tokenizer.vocab_size > u16::MAX as usize + 1 {
-            return Err("vocabularies over 65,536 ids are not supported by the trainer yet".into());
+            starts.push(len);
+            len += shard.rows();
+            shards.push(shard);
         }
         Ok(Rows {
             raw_length: manifest.raw_length,
-            ids,
+            shards,
+            starts,
+            len,
         })
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len() / self.raw_length.max(1)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     pub fn row(&self, i: usize) -> Vec<u32> {
-        self.ids[i * self.raw_length..(i + 1) * self.raw_length]
+        let s = self.starts.partition_point(|&start| start <= i) - 1;
+        self.shards[s]
+            .row(i - self.starts[s])
             .iter()
             .map(|&t| t as u32)
             .collect()
