@@ -372,3 +372,106 @@ fn pretrain_stops_cleanly_when_cancelled_and_marks_the_run() {
         [vec!["cancelled", "0"]]
     );
 }
+
+#[test]
+fn ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_run_resumes() {
+    let dir = Dir::new();
+    dir.build_fixtures(
+        "out",
+        &[
+            "--vocab-size",
+            "1000",
+            "--input-length",
+            "128",
+            "--validation-fraction",
+            "0.2",
+        ],
+    )
+    .ok();
+    let t5 = plugin_lib("ehrprep-t5");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ehrprep"))
+        .args([
+            "pretrain",
+            "--build",
+            "out",
+            "--out",
+            "runs/long",
+            "--model",
+            "tiny",
+        ])
+        .args([
+            "--steps",
+            "100000",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .args([
+            "--save-every",
+            "0",
+            "--eval-every",
+            "0",
+            "--quiet",
+            "--plugin",
+        ])
+        .arg(&t5)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // run.json appears once the plugin has loaded the shards and is about to train.
+    let started = std::time::Instant::now();
+    while !dir.join("runs/long/run.json").exists() {
+        assert!(started.elapsed().as_secs() < 60, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cancelled at step"), "{stdout}");
+    assert!(
+        stdout.contains("resume with: ehrprep pretrain --resume"),
+        "{stdout}"
+    );
+
+    let run = query(&dir, "SELECT status, steps_done FROM train_runs");
+    assert_eq!(run[0][0], "cancelled");
+    let stopped_at: u64 = run[0][1].parse().unwrap();
+    assert!(stopped_at > 0, "no step ran before Ctrl-C");
+    let ckpt = query(&dir, "SELECT step FROM checkpoints");
+    assert_eq!(
+        ckpt,
+        [vec![stopped_at.to_string()]],
+        "a checkpoint at the step it stopped"
+    );
+
+    let target = (stopped_at + 2).to_string();
+    let t5 = t5.to_str().unwrap();
+    dir.ehrprep(&[
+        "pretrain",
+        "--resume",
+        "runs/long",
+        "--steps",
+        &target,
+        "--plugin",
+        t5,
+        "--quiet",
+    ])
+    .ok();
+    let run = query(&dir, "SELECT status, steps_done FROM train_runs");
+    assert_eq!(run, [vec!["finished".to_string(), target]]);
+}
