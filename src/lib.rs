@@ -23,6 +23,7 @@ pub mod discover;
 mod error;
 pub mod fsutil;
 pub mod ingest;
+pub mod metrics;
 pub mod normalize;
 pub mod objective;
 pub mod pack;
