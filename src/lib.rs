@@ -37,6 +37,7 @@ pub mod shards;
 pub mod sql;
 pub mod stats;
 pub mod synth;
+pub mod task_data;
 pub mod tasks;
 pub mod tokenizer;
 
