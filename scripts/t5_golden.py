@@ -54,6 +54,23 @@ def make(name, **kw):
     labels[2, 9:] = -100  # ignored positions
     with torch.no_grad():
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        # Generation: ids after the start token, up to (not including) </s>, padded with -1.
+        generated = {}
+        for key, beams in (("greedy", 1), ("beam3", 3)):
+            out_ids = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=10,
+                num_beams=beams,
+                do_sample=False,
+                length_penalty=1.0,
+                early_stopping=False,
+            )
+            rows = []
+            for row in out_ids[:, 1:].tolist():
+                row = row[: row.index(1)] if 1 in row else row
+                rows.append(row + [-1] * (10 - len(row)))
+            generated[key] = torch.tensor(rows, dtype=torch.long)
     d = OUT / name
     model.save_pretrained(d, safe_serialization=True)
     (d / "generation_config.json").unlink(missing_ok=True)
@@ -64,6 +81,8 @@ def make(name, **kw):
             "labels": labels.contiguous(),
             "logits": out.logits.contiguous(),
             "loss": out.loss.reshape(1).contiguous(),
+            "greedy": generated["greedy"].contiguous(),
+            "beam3": generated["beam3"].contiguous(),
         },
         d / "golden.safetensors",
     )

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod generate;
 pub mod model;
 pub mod optim;
 pub mod train;

@@ -265,28 +265,46 @@ impl Attention {
         }
     }
 
-    /// `x` [B, Tq, D] attends to `kv` [B, Tk, D]; `bias` [B|1, H, Tq, Tk] holds position
-    /// bias and mask.
-    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
-        let (b, tq, _) = x.size3().expect("3-d input");
-        let tk = kv.size()[1];
-        let k = x.kind();
-        let split = |t: Tensor, len| t.view([b, len, self.heads, self.d_kv]).transpose(1, 2);
-        let q = split(linear(x, &self.q), tq);
-        let key = split(linear(kv, &self.k), tk);
-        let value = split(linear(kv, &self.v), tk);
+    /// [B, T, D] -> [B, H, T, d_kv] through projection `w`.
+    fn heads_of(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let (b, t, _) = x.size3().expect("3-d input");
+        linear(x, w)
+            .view([b, t, self.heads, self.d_kv])
+            .transpose(1, 2)
+    }
+
+    /// Queries [B, H, Tq, d] over keys and values [B, H, Tk, d]; `bias` [B|1, H, Tq, Tk]
+    /// holds position bias and mask. Returns [B, Tq, D].
+    fn attend(
+        &self,
+        q: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        bias: &Tensor,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let (b, _, tq, _) = q.size4().expect("4-d queries");
         // Bias, mask and softmax in f32: the mask's f32::MIN has no bf16 equivalent.
         let scores = q.matmul(&key.transpose(-2, -1)).to_kind(Kind::Float) + bias;
         let weights = scores
             .softmax(-1, Kind::Float)
-            .to_kind(k)
+            .to_kind(q.kind())
             .dropout(dropout, train);
-        let out = weights.matmul(&value).transpose(1, 2).contiguous().view([
+        let out = weights.matmul(value).transpose(1, 2).contiguous().view([
             b,
             tq,
             self.heads * self.d_kv,
         ]);
         linear(&out, &self.o)
+    }
+
+    /// `x` [B, Tq, D] attends to `kv` [B, Tk, D].
+    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
+        let q = self.heads_of(x, &self.q);
+        let key = self.heads_of(kv, &self.k);
+        let value = self.heads_of(kv, &self.v);
+        self.attend(&q, &key, &value, bias, dropout, train)
     }
 }
 
@@ -548,6 +566,98 @@ impl T5 {
         );
         let shifted = Tensor::cat(&[start, labels.narrow(1, 0, labels.size()[1] - 1)], 1);
         shifted.masked_fill(&shifted.eq(-100), self.config.pad_token_id)
+    }
+}
+
+/// What incremental decoding keeps between steps: each block's self-attention keys and
+/// values so far, and its cross-attention keys and values over the encoder output.
+pub struct DecoderCache {
+    self_kv: Vec<(Tensor, Tensor)>,
+    cross_kv: Vec<(Tensor, Tensor)>,
+    memory_bias: Tensor,
+    /// Tokens decoded so far.
+    pub len: i64,
+}
+
+impl DecoderCache {
+    /// Keeps rows `index` (a 1-d int64 tensor), in that order: beam search's reordering.
+    pub fn select(&mut self, index: &Tensor) {
+        let pick = |t: &Tensor| t.index_select(0, index);
+        for (k, v) in self.self_kv.iter_mut().chain(self.cross_kv.iter_mut()) {
+            *k = pick(k);
+            *v = pick(v);
+        }
+        self.memory_bias = pick(&self.memory_bias);
+    }
+}
+
+impl T5 {
+    /// A cache for decoding against `memory` [B, S, D] (from [`encode`](Self::encode)).
+    pub fn start_decoding(&self, memory: &Tensor, memory_mask: &Tensor) -> DecoderCache {
+        let (b, _, _) = memory.size3().expect("3-d memory");
+        let empty = |a: &Attention| {
+            Tensor::zeros([b, a.heads, 0, a.d_kv], (memory.kind(), memory.device()))
+        };
+        let mut self_kv = Vec::new();
+        let mut cross_kv = Vec::new();
+        for block in &self.decoder.blocks {
+            let a = &block.self_attention;
+            self_kv.push((empty(a), empty(a)));
+            let (cross, _) = block.cross.as_ref().expect("decoder blocks cross-attend");
+            cross_kv.push((
+                cross.heads_of(memory, &cross.k),
+                cross.heads_of(memory, &cross.v),
+            ));
+        }
+        DecoderCache {
+            self_kv,
+            cross_kv,
+            memory_bias: mask_bias(memory_mask),
+            len: 0,
+        }
+    }
+
+    /// Feeds one token per row ([B] int64) and returns the next-token logits [B, V] (f32).
+    pub fn decode_step(&self, tokens: &Tensor, cache: &mut DecoderCache) -> Tensor {
+        let c = &self.config;
+        let t = cache.len;
+        let mut h = Tensor::embedding(&self.shared, &tokens.unsqueeze(1), -1, false, false)
+            .to_kind(self.compute);
+        // The position bias row of query t over keys 0..=t; no mask needed: no future keys.
+        let bias = self
+            .decoder
+            .position_bias(c, t + 1, t + 1, h.device())
+            .narrow(2, t, 1);
+        for (i, block) in self.decoder.blocks.iter().enumerate() {
+            let a = &block.self_attention;
+            let n = rms_norm(&h, &block.self_norm, c.layer_norm_epsilon);
+            let (k_old, v_old) = &cache.self_kv[i];
+            let key = Tensor::cat(&[k_old, &a.heads_of(&n, &a.k)], 2);
+            let value = Tensor::cat(&[v_old, &a.heads_of(&n, &a.v)], 2);
+            h = &h + a.attend(&a.heads_of(&n, &a.q), &key, &value, &bias, 0.0, false);
+            cache.self_kv[i] = (key, value);
+            let (cross, norm) = block.cross.as_ref().expect("decoder blocks cross-attend");
+            let n = rms_norm(&h, norm, c.layer_norm_epsilon);
+            let (ck, cv) = &cache.cross_kv[i];
+            h = &h
+                + cross.attend(
+                    &cross.heads_of(&n, &cross.q),
+                    ck,
+                    cv,
+                    &cache.memory_bias,
+                    0.0,
+                    false,
+                );
+            let n = rms_norm(&h, &block.ff_norm, c.layer_norm_epsilon);
+            h = &h + block.ff.forward(&n, 0.0, false);
+        }
+        cache.len += 1;
+        let mut out = rms_norm(&h, &self.decoder.final_norm, c.layer_norm_epsilon);
+        if c.tie_word_embeddings {
+            out *= (c.d_model as f64).powf(-0.5);
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.shared);
+        linear(&out, head).to_kind(Kind::Float).squeeze_dim(1)
     }
 }
 

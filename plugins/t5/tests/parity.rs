@@ -84,3 +84,52 @@ fn init_from_a_smaller_vocabulary_keeps_its_rows_and_starts_new_ones_at_the_mean
         "{err}"
     );
 }
+
+fn golden(name: &str) -> (T5, HashMap<String, Tensor>) {
+    let dir = fixture(name);
+    let config = T5Config::read(&dir).unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = T5::new(&vs, config.clone(), Kind::Float);
+    load_hf(&mut vs, &dir, config.vocab_size).unwrap();
+    let golden = Tensor::read_safetensors(dir.join("golden.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    (model, golden)
+}
+
+fn rows_of(t: &Tensor) -> Vec<Vec<i64>> {
+    let rows: Vec<Vec<i64>> = Vec::try_from(t).unwrap();
+    rows.into_iter()
+        .map(|r| r.into_iter().filter(|&x| x >= 0).collect())
+        .collect()
+}
+
+#[test]
+fn cached_decoding_gives_the_full_forward_logits() {
+    for name in ["v1_0", "v1_1"] {
+        let (model, g) = golden(name);
+        let (x, mask, labels) = (&g["input_ids"], &g["attention_mask"], &g["labels"]);
+        let full = tch::no_grad(|| model.forward(x, mask, labels, false));
+        let decoder_inputs = model.shift_right(labels);
+        let memory = tch::no_grad(|| model.encode(x, mask, false));
+        let mut cache = model.start_decoding(&memory, mask);
+        for t in 0..labels.size()[1] {
+            let step = tch::no_grad(|| model.decode_step(&decoder_inputs.select(1, t), &mut cache));
+            let diff = (step - full.select(1, t)).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "{name}: step {t} differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn greedy_and_beam_search_match_transformers_generate() {
+    for name in ["v1_0", "v1_1"] {
+        let (model, g) = golden(name);
+        let (x, mask) = (&g["input_ids"], &g["attention_mask"]);
+        let greedy = ehrprep_t5::generate::generate(&model, x, mask, 1, 10);
+        assert_eq!(greedy, rows_of(&g["greedy"]), "{name}: greedy");
+        let beam = ehrprep_t5::generate::generate(&model, x, mask, 3, 10);
+        assert_eq!(beam, rows_of(&g["beam3"]), "{name}: beam 3");
+    }
+}
