@@ -42,6 +42,9 @@ enum Command {
     /// Pretrain T5 on a build's shards with the trainer plugin; steps, losses and
     /// checkpoints go to the build's catalog. Ctrl-C stops at the next step with a checkpoint.
     Pretrain(PretrainArgs),
+    /// Finetune a pretrained checkpoint on MedNLI, RadQA or CLIP for each training fraction
+    /// and seed, pick the best epoch on validation, score it on test; all in the catalog.
+    Finetune(FinetuneArgs),
     /// Trainer plugins: where ehrprep looks for them and what they offer.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -59,6 +62,56 @@ enum PluginsCommand {
         #[arg(long, value_name = "PATH")]
         plugin: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct FinetuneArgs {
+    #[arg(long, value_enum)]
+    task: crate::task_data::Task,
+    /// The task's official files (MedNLI jsonl, RadQA json, CLIP csv).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// A pretraining run folder (its latest checkpoint) or a checkpoint folder.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Fractions of the training set, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    fractions: Vec<f64>,
+    /// Seeds, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Epochs [default: the paper's: MedNLI 40, RadQA 50, CLIP 40].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Examples per optimizer step, by accumulation.
+    #[arg(long, default_value_t = 64)]
+    effective_batch: usize,
+    /// Adafactor's constant learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Longest generated answer, in tokens.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Where the runs go [default: CHECKPOINT_RUN/finetune].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The catalog [default: the pretraining build's].
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// The tokenizer [default: the pretraining build's].
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -274,6 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => synth(args),
         Command::Sql(args) => sql(args),
         Command::Pretrain(args) => pretrain(args),
+        Command::Finetune(args) => finetune(args),
         Command::Plugins(PluginsCommand::List { plugin }) => plugins_list(plugin.as_deref()),
         Command::BenchPack(args) => {
             let report = crate::bench::pack(&args.db, &args.tokenizer, &args.scratch)?;
@@ -285,14 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     let plugin = crate::plugin::find("pretrain", args.plugin.as_deref())?;
-    let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-    // First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.
-    let _ = ctrlc::set_handler(move || {
-        if cancel.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("stopping at the next step (Ctrl-C again to quit without a checkpoint)");
-    });
+    let cancel = cancel_on_ctrl_c();
     let resume = args.resume.is_some();
     let config = PretrainConfig {
         build: args.build,
@@ -344,6 +391,56 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    let plugin = crate::plugin::find("finetune", args.plugin.as_deref())?;
+    let cancel = cancel_on_ctrl_c();
+    let mut config = crate::finetune::FinetuneConfig::new(args.task, args.data, args.checkpoint);
+    config.fractions = args.fractions;
+    config.seeds = args.seeds;
+    config.epochs = args.epochs;
+    config.batch_size = args.batch_size;
+    config.effective_batch = args.effective_batch;
+    config.lr = args.lr;
+    config.device = args.device;
+    config.threads = args.threads;
+    config.max_new_tokens = args.max_new_tokens;
+    config.out = args.out;
+    config.db = args.db;
+    config.tokenizer = args.tokenizer;
+    let reporter = BarReporter::new(args.quiet);
+    for run in crate::finetune::run(&config, &plugin, cancel, &reporter)? {
+        let scores: Vec<String> = run
+            .test
+            .iter()
+            .map(|(m, v)| format!("{m} {v:.4}"))
+            .collect();
+        println!(
+            "{} fraction {} seed {}: {} (best epoch {}) test {}",
+            run.eval_run_id,
+            run.fraction,
+            run.seed,
+            run.status,
+            run.best_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            scores.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.
+fn cancel_on_ctrl_c() -> &'static AtomicBool {
+    let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping at the next step (Ctrl-C again to quit without a checkpoint)");
+    });
+    cancel
 }
 
 fn plugins_list(explicit: Option<&Path>) -> anyhow::Result<()> {

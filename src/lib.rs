@@ -21,6 +21,7 @@ pub mod cli;
 pub mod dedup;
 pub mod discover;
 mod error;
+pub mod finetune;
 pub mod fsutil;
 pub mod ingest;
 pub mod metrics;

@@ -31,6 +31,20 @@ fn owner_only(_: &Path, _: u32) -> Result<(), CallError> {
     Ok(())
 }
 
+/// Owner-only permissions for a file, or a folder and the files in it.
+pub fn restrict(path: &Path) -> Result<(), CallError> {
+    if path.is_dir() {
+        owner_only(path, 0o700)?;
+        for entry in std::fs::read_dir(path).map_err(io(path))? {
+            let entry = entry.map_err(io(path))?;
+            owner_only(&entry.path(), 0o600)?;
+        }
+        Ok(())
+    } else {
+        owner_only(path, 0o600)
+    }
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CallError> {
     std::fs::write(path, bytes).map_err(io(path))?;
     owner_only(path, 0o600)

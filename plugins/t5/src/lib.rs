@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod finetune;
 pub mod generate;
 pub mod model;
 pub mod optim;
@@ -18,7 +19,10 @@ pub struct T5Plugin;
 
 impl Plugin for T5Plugin {
     fn info() -> PluginInfo {
-        let mut capabilities = vec!["pretrain".to_string()];
+        let mut capabilities: Vec<String> = ["pretrain", "finetune", "generate"]
+            .into_iter()
+            .map(String::from)
+            .collect();
         if tch::Cuda::is_available() {
             capabilities.push("cuda".into());
         }
@@ -27,7 +31,7 @@ impl Plugin for T5Plugin {
             version: env!("CARGO_PKG_VERSION").into(),
             capabilities,
             description: format!(
-                "T5 v1.0/v1.1 pretraining in libtorch (presets: {})",
+                "T5 v1.0/v1.1 pretraining, finetuning and generation in libtorch (presets: {})",
                 model::T5Config::PRESETS.join(", ")
             ),
         }
@@ -40,6 +44,17 @@ impl Plugin for T5Plugin {
                     .map_err(|e| CallError::Failed(format!("bad pretrain request: {e}")))?;
                 let result = train::pretrain(&req, host)?;
                 Ok(serde_json::to_string(&result).expect("result serializes"))
+            }
+            "finetune" => {
+                let req: finetune::FinetuneRequest = serde_json::from_str(request)
+                    .map_err(|e| CallError::Failed(format!("bad finetune request: {e}")))?;
+                let result = finetune::finetune(&req, host)?;
+                Ok(serde_json::to_string(&result).expect("result serializes"))
+            }
+            "generate" => {
+                let req: finetune::GenerateRequest = serde_json::from_str(request)
+                    .map_err(|e| CallError::Failed(format!("bad generate request: {e}")))?;
+                Ok(finetune::generate(&req, host)?.to_string())
             }
             other => Err(CallError::Failed(format!(
                 "the t5 plugin has no method `{other}`"

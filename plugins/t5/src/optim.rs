@@ -49,6 +49,9 @@ pub struct Optimizer {
     pub kind: OptimizerKind,
     /// Steps taken so far.
     pub step: u64,
+    /// Adafactor: scale each step by the parameter's RMS (pretraining); off for
+    /// finetuning at a fixed rate, as the paper's finetuning code runs it.
+    pub scale_parameter: bool,
     state: BTreeMap<String, Vec<Tensor>>,
 }
 
@@ -70,6 +73,7 @@ impl Optimizer {
         Optimizer {
             kind,
             step: 0,
+            scale_parameter: true,
             state: BTreeMap::new(),
         }
     }
@@ -89,7 +93,9 @@ impl Optimizer {
                     .entry(name.clone())
                     .or_insert_with(|| fresh_state(self.kind, p));
                 match self.kind {
-                    OptimizerKind::Adafactor => adafactor(p, &g, state, step, lr),
+                    OptimizerKind::Adafactor => {
+                        adafactor(p, &g, state, step, lr, self.scale_parameter)
+                    }
                     OptimizerKind::Adamw => adamw(p, &g, state, step, lr),
                 }
             }
@@ -158,7 +164,14 @@ fn fresh_state(kind: OptimizerKind, p: &Tensor) -> Vec<Tensor> {
     }
 }
 
-fn adafactor(p: &Tensor, g: &Tensor, state: &mut [Tensor], step: f64, lr: f64) {
+fn adafactor(
+    p: &Tensor,
+    g: &Tensor,
+    state: &mut [Tensor],
+    step: f64,
+    lr: f64,
+    scale_parameter: bool,
+) {
     let mut p = p.shallow_clone();
     let g = g.to_kind(Kind::Float);
     let beta2 = 1.0 - step.powf(DECAY);
@@ -181,7 +194,11 @@ fn adafactor(p: &Tensor, g: &Tensor, state: &mut [Tensor], step: f64, lr: f64) {
         v.rsqrt() * &g
     };
     update = &update / (rms(&update) / CLIP_THRESHOLD).clamp_min(1.0);
-    let scale = rms(&p).clamp_min(EPS2) * lr;
+    let scale = if scale_parameter {
+        rms(&p).clamp_min(EPS2) * lr
+    } else {
+        Tensor::from(lr)
+    };
     let _ = p.g_sub_(&(update * scale));
 }
 

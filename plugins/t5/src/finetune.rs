@@ -1,0 +1,306 @@
+//! Finetuning one epoch at a time and generating predictions, on examples the host has
+//! tokenized (JSON lines of ids). The host drives the epochs: it scores each epoch's
+//! validation predictions itself (the metrics need the tokenizer), keeps the best
+//! checkpoint, and resumes after a crash at the last finished epoch.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ehrprep_plugin_api::{CallError, Host};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::model::{T5, T5Config};
+use crate::optim::{Optimizer, OptimizerKind, clip_grad_norm};
+use crate::train::{TrainerState, device_for};
+
+/// One tokenized example; `target_ids` end with `</s>`, `input_ids` too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Encoded {
+    pub id: String,
+    pub input_ids: Vec<i64>,
+    #[serde(default)]
+    pub target_ids: Vec<i64>,
+}
+
+pub fn read_encoded(path: &Path) -> Result<Vec<Encoded>, CallError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| CallError::Failed(format!("`{}`: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| CallError::Failed(format!("`{}`: {e}", path.display())))?;
+        if line.is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(&line).map_err(|e| {
+            CallError::Failed(format!(
+                "`{}` line {}: not an encoded example: {e}",
+                path.display(),
+                i + 1
+            ))
+        })?);
+    }
+    Ok(out)
+}
+
+/// Finetune for one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneRequest {
+    /// Encoded training examples.
+    pub train: PathBuf,
+    /// The checkpoint to start from (pretrained, or the previous epoch's).
+    pub init: PathBuf,
+    /// Continue the optimizer state in `init` (false for the first epoch).
+    #[serde(default)]
+    pub resume_optimizer: bool,
+    /// Where this epoch's checkpoint goes (created; replaced if present).
+    pub out: PathBuf,
+    /// 0-based; seeds this epoch's order and dropout.
+    pub epoch: u64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub threads: i32,
+}
+
+fn default_batch() -> usize {
+    8
+}
+fn one() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneResult {
+    pub steps: u64,
+    pub mean_loss: f64,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
+}
+
+fn load(dir: &Path, device: Device, dropout: Option<f64>) -> Result<(nn::VarStore, T5), CallError> {
+    let mut config = T5Config::read(dir)?;
+    if let Some(p) = dropout {
+        config.dropout_rate = p;
+    }
+    let mut vs = nn::VarStore::new(device);
+    let compute = if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let model = T5::new(&vs, config.clone(), compute);
+    crate::checkpoint::load_hf(&mut vs, dir, config.vocab_size)?;
+    Ok((vs, model))
+}
+
+/// Pads rows to the longest with `pad` and returns ids and mask [B, T].
+fn pad(rows: &[&[i64]], pad: i64, device: Device) -> (Tensor, Tensor) {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad, width - r.len()));
+        mask.extend(std::iter::repeat_n(1i64, r.len()));
+        mask.extend(std::iter::repeat_n(0i64, width - r.len()));
+    }
+    let shape = [rows.len() as i64, width as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
+}
+
+pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult, CallError> {
+    if req.threads > 0 {
+        tch::set_num_threads(req.threads);
+    }
+    let device = device_for(&req.device)?;
+    let examples = read_encoded(&req.train)?;
+    if examples.is_empty() {
+        return Err(CallError::Failed(format!(
+            "`{}` has no examples",
+            req.train.display()
+        )));
+    }
+    let (vs, model) = load(&req.init, device, Some(req.dropout))?;
+    let mut optimizer = Optimizer::new(OptimizerKind::Adafactor);
+    optimizer.scale_parameter = false;
+    let opt_path = req.init.join("optimizer.safetensors");
+    if req.resume_optimizer {
+        let state: TrainerState =
+            crate::checkpoint::read_json(&req.init.join("trainer_state.json"))?;
+        let named = Tensor::read_safetensors(&opt_path)
+            .map_err(|e| CallError::Failed(format!("reading `{}`: {e}", opt_path.display())))?;
+        optimizer.load_state(state.step, named, device)?;
+    }
+    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+
+    // This epoch's order and dropout masks follow from (seed, epoch) alone.
+    let mix = req.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ req.epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    tch::manual_seed((mix >> 1) as i64);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let mut rng = ehrprep::synth::Rng::new(mix);
+    for i in (1..order.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    let started = Instant::now();
+    let per_step = req.batch_size * req.grad_accum.max(1);
+    let (mut steps, mut loss_sum, mut batches) = (0u64, 0.0, 0u64);
+    let pad_id = model.config.pad_token_id;
+    for chunk in order.chunks(per_step) {
+        if host.cancelled() {
+            return Err(CallError::Cancelled("{}".into()));
+        }
+        for (_, p) in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        for micro in chunk.chunks(req.batch_size.max(1)) {
+            let inputs: Vec<&[i64]> = micro.iter().map(|&i| &examples[i].input_ids[..]).collect();
+            let targets: Vec<&[i64]> = micro.iter().map(|&i| &examples[i].target_ids[..]).collect();
+            let (x, mask) = pad(&inputs, pad_id, device);
+            let (y, ymask) = pad(&targets, pad_id, device);
+            let labels = y.masked_fill(&ymask.eq(0), -100);
+            let loss = model.loss(&x, &mask, &labels, true);
+            // Each micro-batch weighs by its share of the step's examples.
+            (&loss * (micro.len() as f64 / chunk.len() as f64)).backward();
+            loss_sum += loss.double_value(&[]);
+            batches += 1;
+        }
+        clip_grad_norm(&params, 1.0);
+        optimizer.step(&params, req.lr);
+        steps += 1;
+    }
+    let state = TrainerState {
+        step: optimizer.step,
+        examples: (req.epoch + 1) * examples.len() as u64,
+        seed: req.seed,
+        optimizer: OptimizerKind::Adafactor,
+        build_id: String::new(),
+        tokenizer_sha256: String::new(),
+        validation_loss: None,
+    };
+    save_to(&req.out, &vs, &model.config, &optimizer, &state)?;
+    let mean_loss = loss_sum / batches.max(1) as f64;
+    host.event(&serde_json::json!({"kind": "finetune_epoch", "epoch": req.epoch, "steps": steps, "loss": mean_loss}));
+    Ok(FinetuneResult {
+        steps,
+        mean_loss,
+        checkpoint: req.out.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes a checkpoint folder at exactly `dir` (via `dir.partial`, renamed when complete).
+fn save_to(
+    dir: &Path,
+    vs: &nn::VarStore,
+    config: &T5Config,
+    optimizer: &Optimizer,
+    state: &TrainerState,
+) -> Result<(), CallError> {
+    let io = |e: std::io::Error| CallError::Failed(format!("`{}`: {e}", dir.display()));
+    let partial = dir.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io)?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io)?;
+    crate::checkpoint::write_hf(&partial, vs, config)?;
+    let opt = partial.join("optimizer.safetensors");
+    Tensor::write_safetensors(&optimizer.named_state(), &opt)
+        .map_err(|e| CallError::Failed(format!("writing `{}`: {e}", opt.display())))?;
+    let json = serde_json::to_string_pretty(state).expect("state serializes");
+    std::fs::write(partial.join("trainer_state.json"), json).map_err(io)?;
+    crate::checkpoint::restrict(&partial)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    std::fs::rename(&partial, dir).map_err(io)
+}
+
+/// Generate predictions for encoded examples.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub checkpoint: PathBuf,
+    pub examples: PathBuf,
+    /// JSON lines `{"id", "ids"}` in the examples' order.
+    pub out: PathBuf,
+    #[serde(default = "one")]
+    pub beams: usize,
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub threads: i32,
+}
+
+fn default_new_tokens() -> usize {
+    64
+}
+
+pub fn generate(req: &GenerateRequest, host: &Host<'_>) -> Result<serde_json::Value, CallError> {
+    if req.threads > 0 {
+        tch::set_num_threads(req.threads);
+    }
+    let device = device_for(&req.device)?;
+    let examples = read_encoded(&req.examples)?;
+    let (_vs, model) = load(&req.checkpoint, device, None)?;
+    // Batches of similar lengths pad little; results go back in the file's order.
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].input_ids.len());
+    let mut predictions: Vec<Vec<i64>> = vec![Vec::new(); examples.len()];
+    for batch in order.chunks(req.batch_size.max(1)) {
+        if host.cancelled() {
+            return Err(CallError::Cancelled("{}".into()));
+        }
+        let inputs: Vec<&[i64]> = batch.iter().map(|&i| &examples[i].input_ids[..]).collect();
+        let (x, mask) = pad(&inputs, model.config.pad_token_id, device);
+        let out = crate::generate::generate(&model, &x, &mask, req.beams, req.max_new_tokens);
+        for (&i, ids) in batch.iter().zip(out) {
+            predictions[i] = ids;
+        }
+    }
+    let partial = req.out.with_extension("partial");
+    let io = |e: std::io::Error| CallError::Failed(format!("`{}`: {e}", req.out.display()));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(io)?);
+    for (e, ids) in examples.iter().zip(&predictions) {
+        writeln!(w, "{}", serde_json::json!({"id": e.id, "ids": ids})).map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    drop(w);
+    crate::checkpoint::restrict(&partial)?;
+    std::fs::rename(&partial, &req.out).map_err(io)?;
+    Ok(serde_json::json!({"predictions": examples.len(), "out": req.out}))
+}
