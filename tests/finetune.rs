@@ -1,0 +1,233 @@
+//! `ehrprep finetune` end to end on the CPU: synthetic MIMIC -> build -> tiny pretraining ->
+//! finetuning on synthetic tasks -> metrics, predictions and lineage in the catalog.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use util::*;
+
+fn plugin() -> String {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = deps.join(format!(
+        "{}ehrprep_t5{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+/// A build of the fixtures and a short tiny pretraining run, in `dir`.
+fn pretrained(dir: &Dir) {
+    dir.build_fixtures(
+        "out",
+        &[
+            "--vocab-size",
+            "1000",
+            "--input-length",
+            "128",
+            "--validation-fraction",
+            "0.2",
+        ],
+    )
+    .ok();
+    let plugin = plugin();
+    dir.ehrprep(&[
+        "pretrain",
+        "--build",
+        "out",
+        "--out",
+        "runs/p",
+        "--model",
+        "tiny",
+        "--steps",
+        "30",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "10",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--plugin",
+        &plugin,
+        "--quiet",
+    ])
+    .ok();
+}
+
+fn finetune(dir: &Dir, task: &str, data: &Path, extra: &[&str]) -> String {
+    let plugin = plugin();
+    let data = data.to_str().unwrap();
+    let mut args = vec![
+        "finetune",
+        "--task",
+        task,
+        "--data",
+        data,
+        "--checkpoint",
+        "runs/p",
+        "--seeds",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--batch-size",
+        "16",
+        "--effective-batch",
+        "16",
+        "--lr",
+        "1e-2",
+        "--max-new-tokens",
+        "12",
+        "--plugin",
+        &plugin,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    dir.ehrprep(&args).ok()
+}
+
+fn query(dir: &Dir, sql: &str) -> Vec<Vec<String>> {
+    rows(&catalog(&dir.join("out")), sql)
+}
+
+#[test]
+fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
+    let dir = Dir::new();
+    dir.ehrprep(&["synth", "--out", "synth", "--notes", "2000", "--seed", "3"])
+        .ok();
+    pretrained(&dir);
+    let mednli = dir.join("synth/tasks/mednli");
+    // Six epochs, then six more: the second call resumes at epoch 7.
+    finetune(&dir, "mednli", &mednli, &["--epochs", "6"]);
+    let stdout = finetune(&dir, "mednli", &mednli, &["--epochs", "12"]);
+    assert!(stdout.contains("fraction 1 seed 1: finished"), "{stdout}");
+
+    let runs = query(
+        &dir,
+        "SELECT count(*), max(status), max(train_examples) FROM eval_runs",
+    );
+    assert_eq!(runs, [vec!["1", "finished", "200"]]);
+    let epochs = query(
+        &dir,
+        "SELECT count(*), count(DISTINCT epoch) FROM eval_metrics WHERE split = 'validation'",
+    );
+    assert_eq!(epochs, [vec!["12", "12"]]);
+    // Three balanced labels: chance is 1/3.
+    let test = query(
+        &dir,
+        "SELECT value::VARCHAR FROM eval_metrics WHERE split = 'test' AND metric = 'accuracy'",
+    );
+    let accuracy: f64 = test[0][0].parse().unwrap();
+    assert!(
+        accuracy >= 0.5,
+        "test accuracy {accuracy} is not clearly above chance (0.33)"
+    );
+    // Predictions are stored, and `correct` agrees with the metric.
+    let preds = query(
+        &dir,
+        "SELECT count(*), avg(correct::INT)::VARCHAR FROM eval_predictions",
+    );
+    assert_eq!(preds[0][0], "25");
+    assert!((preds[0][1].parse::<f64>().unwrap() - accuracy).abs() < 1e-9);
+    // Lineage: the metric joins back to the training run and the build.
+    let lineage = query(
+        &dir,
+        "SELECT t.model, b.status FROM eval_metrics m JOIN eval_runs r USING (eval_run_id) \
+         JOIN train_runs t ON t.run_id = r.train_run_id JOIN build_runs b ON b.build_id = r.build_id \
+         WHERE m.split = 'test'",
+    );
+    assert_eq!(lineage, [vec!["tiny", "succeeded"]]);
+    let paper = query(
+        &dir,
+        "SELECT count(*) FROM paper_results WHERE task = 'mednli'",
+    );
+    assert_eq!(paper, [vec!["9"]]);
+}
+
+fn write(path: PathBuf, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn radqa_and_clip_run_through_with_their_metrics() {
+    let dir = Dir::new();
+    dir.ehrprep(&["synth", "--out", "synth", "--notes", "2000", "--seed", "3"])
+        .ok();
+    pretrained(&dir);
+    // RadQA: the synth train and dev files, dev doubling as test.
+    let radqa = dir.join("radqa");
+    std::fs::create_dir_all(&radqa).unwrap();
+    std::fs::copy(
+        dir.join("synth/tasks/radqa/train.json"),
+        radqa.join("train.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        dir.join("synth/tasks/radqa/dev.json"),
+        radqa.join("dev.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        dir.join("synth/tasks/radqa/dev.json"),
+        radqa.join("test.json"),
+    )
+    .unwrap();
+    finetune(&dir, "radqa", &radqa, &["--epochs", "1"]);
+    // CLIP: six small summaries.
+    let clip = dir.join("clip");
+    let mut csv = String::from("doc_id,sent_index,sentence,labels\n");
+    for doc in 1..=6 {
+        csv.push_str(&format!(
+            "{doc},0,\"['Please', 'call', 'the', 'clinic.']\",['I-Appointment-related followup']\n\
+             {doc},1,\"['Take', 'your', 'pills.']\",\"['I-Medication-related followups', 'I-Case-specific instructions for patient']\"\n\
+             {doc},2,\"['You', 'did', 'well.']\",[]\n"
+        ));
+    }
+    write(clip.join("sentence_level.csv"), &csv);
+    write(clip.join("train_ids.csv"), "1\n2\n3\n4\n");
+    write(clip.join("val_ids.csv"), "5\n");
+    write(clip.join("test_ids.csv"), "6\n");
+    finetune(&dir, "clip", &clip, &["--epochs", "1"]);
+
+    let metrics = query(
+        &dir,
+        "SELECT r.task, m.metric, bool_and(m.value BETWEEN 0 AND 1) FROM eval_metrics m \
+         JOIN eval_runs r USING (eval_run_id) WHERE m.split = 'test' GROUP BY ALL ORDER BY ALL",
+    );
+    assert_eq!(
+        metrics,
+        [
+            vec!["clip", "macro_f1", "true"],
+            vec!["clip", "micro_f1", "true"],
+            vec!["radqa", "exact_match", "true"],
+            vec!["radqa", "f1", "true"],
+        ]
+    );
+    let clip_refs = query(
+        &dir,
+        "SELECT reference FROM eval_predictions p JOIN eval_runs r USING (eval_run_id) \
+         WHERE r.task = 'clip' ORDER BY example_id",
+    );
+    assert_eq!(
+        clip_refs,
+        [
+            vec!["Appointment-related followup"],
+            vec!["Case-specific instructions for patient, Medication-related followups"],
+            vec![""],
+        ]
+    );
+}
