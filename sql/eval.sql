@@ -104,5 +104,8 @@ INSERT INTO eval_predictions VALUES (?, ?, ?, ?, ?, ?);
 -- name: finish_run
 UPDATE eval_runs SET status = ?, finished_at = now(), best_epoch = ? WHERE eval_run_id = ?;
 
+-- name: test_metrics
+SELECT metric, value FROM eval_metrics WHERE eval_run_id = ? AND split = 'test' ORDER BY metric;
+
 -- name: train_run_of
 SELECT run_id, model FROM train_runs WHERE out = ? ORDER BY started_at DESC LIMIT 1;

@@ -45,12 +45,39 @@ enum Command {
     /// Finetune a pretrained checkpoint on MedNLI, RadQA or CLIP for each training fraction
     /// and seed, pick the best epoch on validation, score it on test; all in the catalog.
     Finetune(FinetuneArgs),
+    /// Write a markdown report with PNG plots: loss curves, metrics by training fraction
+    /// beside the paper's.
+    Report {
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The whole protocol from one TOML file: (synth) -> build -> pretrain -> finetune ->
+    /// report, running only what is missing.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
     /// Trainer plugins: where ehrprep looks for them and what they offer.
     #[command(subcommand)]
     Plugins(PluginsCommand),
     /// Time tokenize+pack against plain batch encoding on a finished build (JSON out).
     #[command(hide = true)]
     BenchPack(BenchPackArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExperimentCommand {
+    /// Run (or continue) an experiment into OUT.
+    Run {
+        /// The experiment's TOML file (see fixtures/experiments/).
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        plugin: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,6 +355,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql(args),
         Command::Pretrain(args) => pretrain(args),
         Command::Finetune(args) => finetune(args),
+        Command::Experiment(ExperimentCommand::Run {
+            file,
+            out,
+            plugin,
+            quiet,
+        }) => {
+            let experiment = crate::experiment::Experiment::read(&file)?;
+            let plugin = crate::plugin::find("finetune", plugin.as_deref())?;
+            let cancel = cancel_on_ctrl_c();
+            let reporter = BarReporter::new(quiet);
+            let log = crate::experiment::run(&experiment, &out, &plugin, cancel, &reporter)?;
+            for (stage, what) in log.0 {
+                println!("{stage}: {what}");
+            }
+            Ok(())
+        }
+        Command::Report { db, out } => {
+            let report = crate::report::write(&db, &out)?;
+            println!(
+                "{} ({} plots)",
+                report.markdown.display(),
+                report.plots.len()
+            );
+            Ok(())
+        }
         Command::Plugins(PluginsCommand::List { plugin }) => plugins_list(plugin.as_deref()),
         Command::BenchPack(args) => {
             let report = crate::bench::pack(&args.db, &args.tokenizer, &args.scratch)?;

@@ -116,6 +116,9 @@ struct RunState {
     epochs_done: usize,
     best_epoch: Option<usize>,
     best_value: Option<f64>,
+    /// The best epoch has been scored on the test set.
+    #[serde(default)]
+    tested: bool,
 }
 
 /// A summary line per finished run.
@@ -339,6 +342,29 @@ pub fn run(
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
+            if let Some(id) = &existing
+                && state.tested
+                && state.epochs_done >= epochs
+            {
+                // Finished earlier with these epochs: nothing to redo.
+                let mut stmt = conn
+                    .prepare(EVAL.get("test_metrics"))
+                    .map_err(Error::catalog("reading test metrics"))?;
+                let test = stmt
+                    .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect::<Result<Vec<(String, f64)>, _>>())
+                    .map_err(Error::catalog("reading test metrics"))?;
+                summaries.push(RunSummary {
+                    eval_run_id: id.clone(),
+                    fraction,
+                    seed,
+                    status: "finished",
+                    best_epoch: state.best_epoch,
+                    test,
+                });
+                continue;
+            }
+            state.tested = false;
             let id = match existing {
                 Some(id) => {
                     conn.execute(EVAL.get("reopen_run"), [&id])
@@ -477,6 +503,9 @@ pub fn run(
                             &test,
                         )?;
                         test_scores = scores;
+                        state.tested = true;
+                        let json = serde_json::to_string_pretty(&state).expect("state serializes");
+                        crate::fsutil::write_atomic(&state_path, json.as_bytes())?;
                     }
                     None => status = "cancelled",
                 }

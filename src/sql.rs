@@ -15,6 +15,7 @@ pub const DEDUP: SqlFile = SqlFile::new("dedup.sql", include_str!("../sql/dedup.
 pub const PACK: SqlFile = SqlFile::new("pack.sql", include_str!("../sql/pack.sql"));
 pub const TASKS: SqlFile = SqlFile::new("tasks.sql", include_str!("../sql/tasks.sql"));
 pub const EVAL: SqlFile = SqlFile::new("eval.sql", include_str!("../sql/eval.sql"));
+pub const REPORT: SqlFile = SqlFile::new("report.sql", include_str!("../sql/report.sql"));
 pub const TRAIN: SqlFile = SqlFile::new("train.sql", include_str!("../sql/train.sql"));
 pub const SELECT_PAPER: SqlFile =
     SqlFile::new("select_paper.sql", include_str!("../sql/select_paper.sql"));

@@ -1,0 +1,19 @@
+-- What `ehrprep report` reads.
+
+-- name: loss_curves
+SELECT run_id, model, step, loss FROM train_steps JOIN train_runs USING (run_id)
+ORDER BY run_id, step;
+
+-- name: train_summary
+SELECT r.run_id, r.model, coalesce(r.device, '?'), r.status, r.steps_done,
+       (SELECT loss FROM train_steps s WHERE s.run_id = r.run_id ORDER BY step DESC LIMIT 1),
+       (SELECT median(tokens_per_s) FROM train_steps s WHERE s.run_id = r.run_id)
+FROM train_runs r ORDER BY r.started_at;
+
+-- name: eval_summary
+SELECT model, task, fraction, metric, mean, coalesce(sd, 0), seeds FROM eval_summary
+ORDER BY task, metric, model, fraction;
+
+-- name: paper
+SELECT model, task, fraction, metric, value FROM paper_results
+WHERE size = 'base' ORDER BY task, metric, model;

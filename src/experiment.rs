@@ -1,0 +1,286 @@
+//! `ehrprep experiment run FILE --out DIR`: the whole protocol from one TOML file —
+//! (synthetic data) -> build -> pretrain -> finetune grid per task -> report — running only
+//! what is missing, so a failed or stopped experiment continues where it ended.
+//!
+//! Relative paths in the file are relative to the file's folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::Deserialize;
+
+use crate::finetune::FinetuneConfig;
+use crate::pack::PackSettings;
+use crate::pipeline::BuildConfig;
+use crate::plugin::Plugin;
+use crate::pretrain::PretrainConfig;
+use crate::progress::Reporter;
+use crate::task_data::Task;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Generate MIMIC-shaped data (and task files) into OUT/synth first.
+    pub synth: Option<SynthStage>,
+    pub build: BuildStage,
+    pub pretrain: PretrainStage,
+    #[serde(default)]
+    pub finetune: Vec<FinetuneStage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthStage {
+    pub notes: u64,
+    #[serde(default = "seven")]
+    pub seed: u64,
+}
+
+fn seven() -> u64 {
+    7
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildStage {
+    /// Default: OUT/synth when `[synth]` is given.
+    pub mimic_dir: Option<PathBuf>,
+    /// Task files whose patients leave the corpus. Default: OUT/synth/tasks with `[synth]`.
+    pub task_data: Option<PathBuf>,
+    pub vocab_size: Option<u32>,
+    pub input_length: Option<usize>,
+    pub validation_fraction: Option<f64>,
+    pub seed: Option<u64>,
+    /// An existing tokenizer instead of training one.
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainStage {
+    pub model: Option<String>,
+    pub init: Option<PathBuf>,
+    pub steps: u64,
+    pub batch_size: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub optimizer: Option<String>,
+    pub lr: Option<f64>,
+    pub warmup: Option<u64>,
+    pub device: Option<String>,
+    pub seed: Option<u64>,
+    pub eval_every: Option<u64>,
+    pub save_every: Option<u64>,
+    pub threads: Option<i32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneStage {
+    pub task: Task,
+    /// The task's official files. Default: OUT/synth/tasks/TASK with `[synth]`.
+    pub data: Option<PathBuf>,
+    #[serde(default = "full")]
+    pub fractions: Vec<f64>,
+    #[serde(default = "one_seed")]
+    pub seeds: Vec<u64>,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub effective_batch: Option<usize>,
+    pub lr: Option<f64>,
+    pub device: Option<String>,
+    pub threads: Option<i32>,
+    pub max_new_tokens: Option<usize>,
+}
+
+fn full() -> Vec<f64> {
+    vec![1.0]
+}
+
+fn one_seed() -> Vec<u64> {
+    vec![1]
+}
+
+impl Experiment {
+    pub fn read(path: &Path) -> Result<Experiment> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let mut e: Experiment = toml::from_str(&text).map_err(|e| {
+            Error::Invalid(format!(
+                "`{}` is not an experiment: {}",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut()
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
+        };
+        fix(&mut e.build.mimic_dir);
+        fix(&mut e.build.task_data);
+        fix(&mut e.build.tokenizer);
+        fix(&mut e.pretrain.init);
+        for f in &mut e.finetune {
+            fix(&mut f.data);
+        }
+        if e.synth.is_none() && e.build.mimic_dir.is_none() {
+            return Err(Error::Invalid(format!(
+                "`{}`: [build] needs mimic_dir, or add a [synth] section",
+                path.display()
+            )));
+        }
+        Ok(e)
+    }
+}
+
+/// What each stage did: ran, resumed or was already done.
+#[derive(Debug, Clone)]
+pub struct StageLog(pub Vec<(String, String)>);
+
+/// Runs the experiment into `out`.
+pub fn run(
+    experiment: &Experiment,
+    out: &Path,
+    plugin: &Plugin,
+    cancel: &AtomicBool,
+    reporter: &dyn Reporter,
+) -> Result<StageLog> {
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    crate::catalog::restrict_to_owner(out)?;
+    let mut log = Vec::new();
+    let mut note = |stage: &str, what: String| {
+        reporter.note(&format!("{stage}: {what}"));
+        log.push((stage.to_string(), what));
+    };
+
+    let synth_dir = out.join("synth");
+    if let Some(s) = &experiment.synth {
+        // synth_truth.csv is written last: its presence means the data is complete.
+        if synth_dir.join("synth_truth.csv").exists() {
+            note("synth", "done".into());
+        } else {
+            let config = crate::synth::SynthConfig {
+                notes: s.notes,
+                seed: s.seed,
+                gzip: false,
+                long_notes: false,
+            };
+            crate::synth::write(&synth_dir, &config)?;
+            note("synth", format!("{} notes", s.notes));
+        }
+    }
+    let from_synth = |p: &Option<PathBuf>, rel: &str| -> Option<PathBuf> {
+        p.clone()
+            .or_else(|| experiment.synth.as_ref().map(|_| synth_dir.join(rel)))
+    };
+
+    let build_dir = out.join("build");
+    if build_dir.join("catalog.duckdb").exists() {
+        note("build", "done".into());
+    } else {
+        let b = &experiment.build;
+        let mimic = from_synth(&b.mimic_dir, "").expect("checked when read");
+        let mut config = BuildConfig::new(mimic, build_dir.clone());
+        config.task_data = from_synth(&b.task_data, "tasks");
+        let mut pack = PackSettings::default();
+        if let Some(v) = b.vocab_size {
+            pack.tokenizer_config.vocab_size = v;
+        }
+        if let Some(v) = b.input_length {
+            pack.inputs_length = v;
+        }
+        if let Some(v) = b.validation_fraction {
+            pack.validation_fraction = v;
+        }
+        if let Some(v) = b.seed {
+            pack.seed = v;
+        }
+        pack.tokenizer = b.tokenizer.clone();
+        config.pack = Some(pack);
+        let summary = crate::pipeline::run_build(&config, reporter)?;
+        note(
+            "build",
+            format!("{} of {} notes kept", summary.kept(), summary.notes_in()),
+        );
+    }
+
+    let p = &experiment.pretrain;
+    let run_dir = out.join("pretrain");
+    let resume = run_dir.join("latest").exists();
+    let config = PretrainConfig {
+        build: Some(build_dir.clone()),
+        out: run_dir.clone(),
+        resume,
+        model: p.model.clone(),
+        init: p.init.clone(),
+        steps: p.steps,
+        batch_size: p.batch_size,
+        grad_accum: p.grad_accum,
+        optimizer: p.optimizer.clone(),
+        lr: p.lr,
+        warmup: p.warmup,
+        clip: None,
+        device: p.device.clone(),
+        seed: p.seed,
+        eval_every: p.eval_every,
+        eval_batches: None,
+        save_every: p.save_every,
+        keep_last: None,
+        threads: p.threads,
+    };
+    let summary = crate::pretrain::run(&config, plugin, cancel, reporter)?;
+    note(
+        "pretrain",
+        format!("{} at step {}", summary.status, summary.result["step"]),
+    );
+    if summary.status != "finished" {
+        return Ok(StageLog(log));
+    }
+
+    for f in &experiment.finetune {
+        let data = from_synth(&f.data, &format!("tasks/{}", f.task.as_str())).ok_or_else(|| {
+            Error::Invalid(format!(
+                "[[finetune]] {} needs data, or add a [synth] section",
+                f.task.as_str()
+            ))
+        })?;
+        let mut config = FinetuneConfig::new(f.task, data, run_dir.clone());
+        config.fractions = f.fractions.clone();
+        config.seeds = f.seeds.clone();
+        config.epochs = f.epochs;
+        if let Some(v) = f.batch_size {
+            config.batch_size = v;
+        }
+        if let Some(v) = f.effective_batch {
+            config.effective_batch = v;
+        }
+        if let Some(v) = f.lr {
+            config.lr = v;
+        }
+        if let Some(v) = &f.device {
+            config.device = v.clone();
+        }
+        if let Some(v) = f.threads {
+            config.threads = v;
+        }
+        if let Some(v) = f.max_new_tokens {
+            config.max_new_tokens = v;
+        }
+        let runs = crate::finetune::run(&config, plugin, cancel, reporter)?;
+        let finished = runs.iter().filter(|r| r.status == "finished").count();
+        note(
+            f.task.as_str(),
+            format!("{finished} of {} runs finished", runs.len()),
+        );
+        if finished < runs.len() {
+            return Ok(StageLog(log));
+        }
+    }
+
+    let report = crate::report::write(&build_dir.join("catalog.duckdb"), &out.join("report"))?;
+    note("report", report.markdown.display().to_string());
+    Ok(StageLog(log))
+}

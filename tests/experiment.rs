@@ -1,0 +1,129 @@
+//! `ehrprep experiment run fixtures/experiments/smoke.toml` end to end on the CPU: synthetic
+//! MIMIC and tasks -> build -> tiny pretraining -> finetuning on all three tasks -> metrics
+//! in SQL -> report with plots; then a second run finds everything done.
+
+mod util;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use util::*;
+
+fn plugin() -> String {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = deps.join(format!(
+        "{}ehrprep_t5{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("EHRPREP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/ehrprep-venv/bin/python")
+        })
+}
+
+#[test]
+fn the_smoke_experiment_runs_end_to_end_and_then_resumes_to_nothing() {
+    let dir = Dir::new();
+    let toml = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/experiments/smoke.toml");
+    let toml = toml.to_str().unwrap();
+    let plugin = plugin();
+    let args = [
+        "experiment",
+        "run",
+        toml,
+        "--out",
+        "smoke",
+        "--plugin",
+        &plugin,
+        "--quiet",
+    ];
+    let stdout = dir.ehrprep(&args).ok();
+    for line in [
+        "synth: 20000 notes",
+        "pretrain: finished at step 30",
+        "mednli: 2 of 2 runs finished",
+        "radqa: 1 of 1 runs finished",
+        "clip: 1 of 1 runs finished",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+
+    let db = catalog(&dir.join("smoke/build"));
+    let metrics = rows(
+        &db,
+        "SELECT r.task, count(DISTINCT r.fraction), count(*) FROM eval_metrics m \
+         JOIN eval_runs r USING (eval_run_id) WHERE m.split = 'test' GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(
+        metrics,
+        [
+            vec!["clip", "1", "2"],
+            vec!["mednli", "2", "2"],
+            vec!["radqa", "1", "2"]
+        ]
+    );
+    let beside = rows(&db, "SELECT count(*) > 0 FROM eval_summary");
+    assert_eq!(beside, [vec!["true"]]);
+    drop(db);
+
+    // The report: markdown naming its plots, and PNGs that Pillow reads.
+    let report = dir.join("smoke/report");
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let plots = [
+        "pretrain_loss.png",
+        "mednli_accuracy.png",
+        "radqa_f1.png",
+        "clip_macro_f1.png",
+    ];
+    let paths: Vec<PathBuf> = plots.iter().map(|p| report.join(p)).collect();
+    for p in &plots {
+        assert!(md.contains(&format!("]({p})")), "{p} not linked\n{md}");
+    }
+    assert!(md.contains("| tiny | 0.05 | accuracy |"), "{md}");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/png_oracle.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(&paths)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    for p in &paths {
+        let info = &seen[p.to_str().unwrap()];
+        assert_eq!(info["size"], serde_json::json!([640, 360]), "{info}");
+        assert_eq!(info["mode"], "RGB");
+        // Background, grid, axes, text and at least one data color.
+        assert!(info["colors"].as_u64().unwrap() >= 4, "{info}");
+    }
+
+    // Everything is done: a second run only checks.
+    let again = dir.ehrprep(&args).ok();
+    for line in [
+        "synth: done",
+        "build: done",
+        "pretrain: finished at step 30",
+    ] {
+        assert!(again.contains(line), "{line}\n{again}");
+    }
+}
