@@ -305,18 +305,29 @@ fn pretrain_without_a_plugin_says_where_it_looked() {
     let dir = Dir::new();
     let empty = dir.path().join("no-plugins");
     std::fs::create_dir(&empty).unwrap();
-    let run = dir.ehrprep_env(
-        &[
+    // The binary's own folder is searched too: run a link to it from a folder without plugins.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("ehrprep");
+    std::fs::hard_link(env!("CARGO_BIN_EXE_ehrprep"), &exe)
+        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_ehrprep"), &exe).map(|_| ()))
+        .unwrap();
+    let out = std::process::Command::new(&exe)
+        .args([
             "pretrain", "--build", "out", "--out", "runs/x", "--steps", "1",
-        ],
-        &[("EHRPREP_PLUGIN_PATH", &empty)],
-    );
-    let stderr = run.fails();
+        ])
+        .env("EHRPREP_PLUGIN_PATH", &empty)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("no plugin that can `pretrain` was found"),
         "{stderr}"
     );
     assert!(stderr.contains("no-plugins"), "{stderr}");
+    assert!(stderr.contains(bin.to_str().unwrap()), "{stderr}");
 }
 
 /// A catalog query; the connection closes before the next `ehrprep` run needs the file.
