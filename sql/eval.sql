@@ -107,5 +107,9 @@ UPDATE eval_runs SET status = ?, finished_at = now(), best_epoch = ? WHERE eval_
 -- name: test_metrics
 SELECT metric, value FROM eval_metrics WHERE eval_run_id = ? AND split = 'test' ORDER BY metric;
 
+-- name: origin_of
+SELECT fraction, seed, train_run_id, build_id, model FROM eval_runs WHERE out = ?
+ORDER BY started_at LIMIT 1;
+
 -- name: train_run_of
 SELECT run_id, model FROM train_runs WHERE out = ? ORDER BY started_at DESC LIMIT 1;

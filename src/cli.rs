@@ -45,6 +45,9 @@ enum Command {
     /// Finetune a pretrained checkpoint on MedNLI, RadQA or CLIP for each training fraction
     /// and seed, pick the best epoch on validation, score it on test; all in the catalog.
     Finetune(FinetuneArgs),
+    /// Score a finetuned checkpoint (a finetuning run folder's best epoch, or a checkpoint
+    /// folder) on a task's test or validation split, without training.
+    Evaluate(EvaluateArgs),
     /// Write a markdown report with PNG plots: loss curves, metrics by training fraction
     /// beside the paper's.
     Report {
@@ -89,6 +92,36 @@ enum PluginsCommand {
         #[arg(long, value_name = "PATH")]
         plugin: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct EvaluateArgs {
+    #[arg(long, value_enum)]
+    task: crate::task_data::Task,
+    /// The task's official files.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// A finetuning run folder (RUN/finetune/TASK-F-sS) or a checkpoint folder.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    #[arg(long, value_enum, default_value_t = crate::evaluate::Split::Test)]
+    split: crate::evaluate::Split,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// The catalog [default: the pretraining build's].
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// The tokenizer [default: the pretraining build's].
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -355,6 +388,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql(args),
         Command::Pretrain(args) => pretrain(args),
         Command::Finetune(args) => finetune(args),
+        Command::Evaluate(args) => {
+            let plugin = crate::plugin::find("generate", args.plugin.as_deref())?;
+            let cancel = cancel_on_ctrl_c();
+            let mut config =
+                crate::finetune::FinetuneConfig::new(args.task, args.data, args.checkpoint);
+            config.batch_size = args.batch_size;
+            config.device = args.device;
+            config.threads = args.threads;
+            config.max_new_tokens = args.max_new_tokens;
+            config.db = args.db;
+            config.tokenizer = args.tokenizer;
+            let e = crate::evaluate::run(&config, args.split, &plugin, cancel)?;
+            let scores: Vec<String> = e
+                .metrics
+                .iter()
+                .map(|(m, v)| format!("{m} {v:.4}"))
+                .collect();
+            println!(
+                "{} {} on {} examples: {}",
+                e.eval_run_id,
+                e.checkpoint.display(),
+                e.examples,
+                scores.join(", ")
+            );
+            Ok(())
+        }
         Command::Experiment(ExperimentCommand::Run {
             file,
             out,

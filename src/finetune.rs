@@ -71,13 +71,13 @@ impl FinetuneConfig {
 }
 
 /// Where a checkpoint came from: its pretraining run and build, when ehrprep made it.
-struct Lineage {
-    checkpoint: PathBuf,
-    run_dir: Option<PathBuf>,
-    build_dir: Option<PathBuf>,
+pub(crate) struct Lineage {
+    pub(crate) checkpoint: PathBuf,
+    pub(crate) run_dir: Option<PathBuf>,
+    pub(crate) build_dir: Option<PathBuf>,
 }
 
-fn lineage(path: &Path) -> Result<Lineage> {
+pub(crate) fn lineage(path: &Path) -> Result<Lineage> {
     let path = std::path::absolute(path).map_err(Error::io(path))?;
     let (checkpoint, run_dir) = if path.join("latest").is_file() {
         let name = std::fs::read_to_string(path.join("latest")).map_err(Error::io(&path))?;
@@ -112,9 +112,9 @@ fn lineage(path: &Path) -> Result<Lineage> {
 
 /// The state a (fraction, seed) run keeps in its folder to resume.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct RunState {
-    epochs_done: usize,
-    best_epoch: Option<usize>,
+pub(crate) struct RunState {
+    pub(crate) epochs_done: usize,
+    pub(crate) best_epoch: Option<usize>,
     best_value: Option<f64>,
     /// The best epoch has been scored on the test set.
     #[serde(default)]
@@ -132,7 +132,7 @@ pub struct RunSummary {
     pub test: Vec<(String, f64)>,
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+pub(crate) fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut bytes = Vec::new();
     for r in rows {
         serde_json::to_writer(&mut bytes, r).expect("rows serialize");
@@ -142,7 +142,7 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 }
 
 #[derive(Serialize)]
-struct Encoded<'a> {
+pub(crate) struct Encoded<'a> {
     id: &'a str,
     input_ids: Vec<u32>,
     target_ids: Vec<u32>,
@@ -150,7 +150,7 @@ struct Encoded<'a> {
 
 /// Tokenizes examples; inputs longer than `max` are cut to `max - 1` ids plus `</s>`.
 /// Returns the rows and how many were cut.
-fn encode<'a>(
+pub(crate) fn encode<'a>(
     tok: &Tokenizer,
     examples: &'a [Example],
     max: usize,
@@ -233,30 +233,27 @@ pub fn score(
     }
 }
 
-/// Runs the grid. `cancel` stops at the next epoch or batch; finished runs are skipped.
-pub fn run(
+/// The catalog, the tokenizer and its sha256: given, or the pretraining build's.
+pub(crate) fn catalog_and_tokenizer(
     config: &FinetuneConfig,
-    plugin: &Plugin,
-    cancel: &AtomicBool,
-    reporter: &dyn Reporter,
-) -> Result<Vec<RunSummary>> {
-    let lineage = lineage(&config.checkpoint)?;
+    lineage: &Lineage,
+) -> Result<(PathBuf, Tokenizer, String)> {
+    let missing = || {
+        Error::Invalid(
+            "this checkpoint has no ehrprep lineage (no pretraining run beside it); pass --db and --tokenizer"
+                .into(),
+        )
+    };
     let db = config
         .db
         .clone()
         .or_else(|| lineage.build_dir.as_ref().map(|b| b.join("catalog.duckdb")))
-        .ok_or_else(|| {
-            Error::Invalid(
-                "this checkpoint has no ehrprep lineage; pass --db and --tokenizer".into(),
-            )
-        })?;
+        .ok_or_else(missing)?;
     let tok_path = config
         .tokenizer
         .clone()
         .or_else(|| lineage.build_dir.as_ref().map(|b| b.join("tokenizer")))
-        .ok_or_else(|| {
-            Error::Invalid("this checkpoint has no ehrprep lineage; pass --tokenizer".into())
-        })?;
+        .ok_or_else(missing)?;
     let tok = crate::tokenizer::load(&tok_path)?;
     let tok_file = if tok_path.is_dir() {
         tok_path.join("tokenizer.json")
@@ -267,6 +264,18 @@ pub fn run(
         use sha2::Digest;
         sha2::Sha256::digest(std::fs::read(&tok_file).map_err(Error::io(&tok_file))?)
     });
+    Ok((db, tok, tok_sha))
+}
+
+/// Runs the grid. `cancel` stops at the next epoch or batch; finished runs are skipped.
+pub fn run(
+    config: &FinetuneConfig,
+    plugin: &Plugin,
+    cancel: &AtomicBool,
+    reporter: &dyn Reporter,
+) -> Result<Vec<RunSummary>> {
+    let lineage = lineage(&config.checkpoint)?;
+    let (db, tok, tok_sha) = catalog_and_tokenizer(config, &lineage)?;
     let count = |s: &str| tok.encode_fast(s, false).map(|e| e.len()).unwrap_or(0);
     let splits = crate::task_data::read(config.task, &config.data, &count)?;
     if splits.train.is_empty() || splits.validation.is_empty() || splits.test.is_empty() {
@@ -496,6 +505,7 @@ pub fn run(
                             &conn,
                             &id,
                             best,
+                            "test",
                             &scores,
                             &predictions,
                             &correct,
@@ -532,10 +542,11 @@ pub fn run(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record_test(
+pub(crate) fn record_test(
     conn: &Connection,
     id: &str,
     best: usize,
+    split: &str,
     scores: &[(String, f64)],
     predictions: &[String],
     correct: &[bool],
@@ -546,7 +557,7 @@ fn record_test(
     for (metric, value) in scores {
         conn.execute(
             EVAL.get("insert_metric"),
-            params![id, "test", best as i64, metric, value],
+            params![id, split, best as i64, metric, value],
         )
         .map_err(Error::catalog("recording a metric"))?;
     }
@@ -565,7 +576,7 @@ fn record_test(
 }
 
 /// Generates for `split` with `checkpoint` and decodes; `None` when cancelled.
-fn predict(
+pub(crate) fn predict(
     plugin: &Plugin,
     config: &FinetuneConfig,
     checkpoint: &Path,
@@ -606,8 +617,8 @@ fn predict(
 }
 
 /// Forwards only cancellation; finetuning reports per epoch, in the host.
-struct Quiet<'a> {
-    cancel: &'a AtomicBool,
+pub(crate) struct Quiet<'a> {
+    pub(crate) cancel: &'a AtomicBool,
 }
 
 impl HostSink for Quiet<'_> {

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod dedup;
 pub mod discover;
 mod error;
+pub mod evaluate;
 pub mod experiment;
 pub mod finetune;
 pub mod fsutil;

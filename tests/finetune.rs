@@ -155,6 +155,38 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
         "SELECT count(*) FROM paper_results WHERE task = 'mednli'",
     );
     assert_eq!(paper, [vec!["9"]]);
+
+    // `evaluate` rescores the best epoch on test: the same accuracy, as its own run with the
+    // finetuning run's lineage.
+    let plugin = plugin();
+    let stdout = dir
+        .ehrprep(&[
+            "evaluate",
+            "--task",
+            "mednli",
+            "--data",
+            mednli.to_str().unwrap(),
+            "--checkpoint",
+            "runs/p/finetune/mednli-1-s1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "12",
+            "--plugin",
+            &plugin,
+        ])
+        .ok();
+    assert!(
+        stdout.contains(&format!("on 25 examples: accuracy {accuracy:.4}")),
+        "{stdout}"
+    );
+    let runs = query(
+        &dir,
+        "SELECT count(*), count(DISTINCT train_run_id), count(DISTINCT fraction) FROM eval_runs",
+    );
+    assert_eq!(runs, [vec!["2", "1", "1"]]);
 }
 
 fn write(path: PathBuf, text: &str) {
