@@ -610,6 +610,49 @@ mod tests {
     }
 
     #[test]
+    fn malformed_radqa_and_clip_files_are_named_with_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.json");
+        std::fs::write(
+            &path,
+            "{\"data\": [{\"paragraphs\": [{\"context\": \"secret\"}]}]}",
+        )
+        .unwrap();
+        let err = radqa(&path).unwrap_err().to_string();
+        assert!(err.contains("train.json` at line 1 column"), "{err}");
+        assert!(err.contains("missing field `qas`"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+
+        let clip_dir = dir.path().join("clip");
+        std::fs::create_dir(&clip_dir).unwrap();
+        std::fs::write(
+            clip_dir.join("sentence_level.csv"),
+            "doc_id,sent_index,sentence,labels\n1,0,\"['ok']\",[]\n1,x,\"['secret']\",[]\n",
+        )
+        .unwrap();
+        for ids in ["train_ids.csv", "val_ids.csv", "test_ids.csv"] {
+            std::fs::write(clip_dir.join(ids), "1\n").unwrap();
+        }
+        let err = read(Task::Clip, &clip_dir, &words).unwrap_err().to_string();
+        assert!(
+            err.contains("sentence_level.csv` at record 2: field `sent_index` is not an integer"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+        std::fs::write(
+            clip_dir.join("sentence_level.csv"),
+            "doc_id,sent_index,sentence,labels\n1,0,\"['ok']\",['I-Made-up label']\n",
+        )
+        .unwrap();
+        let err = read(Task::Clip, &clip_dir, &words).unwrap_err().to_string();
+        assert!(err.contains("names a label outside CLIP's seven"), "{err}");
+        let err = read(Task::Mednli, dir.path(), &words)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no `mli_train_v1.jsonl`"), "{err}");
+    }
+
+    #[test]
     fn sampling_is_by_group_deterministic_and_seeded() {
         let examples: Vec<Example> = (0..100)
             .map(|i| Example {
