@@ -50,7 +50,11 @@ def hf(args):
         if step >= args.warmup:
             timed += time.perf_counter() - t0
     step_s = timed / args.steps
+    extra = {}
+    if device.type == "cuda":
+        extra["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return {
+        **extra,
         "impl": "transformers",
         "model": args.model,
         "device": args.device,
