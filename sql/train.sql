@@ -48,8 +48,12 @@ INSERT INTO train_runs VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, now(
 -- name: run_of_folder
 SELECT run_id FROM train_runs WHERE out = ? ORDER BY started_at DESC LIMIT 1;
 
+-- name: run_exists
+SELECT count(*) FROM train_runs WHERE run_id = ?;
+
+-- The folder may have moved: the row follows it.
 -- name: reopen_run
-UPDATE train_runs SET status = 'running', finished_at = NULL, config = ? WHERE run_id = ?;
+UPDATE train_runs SET status = 'running', finished_at = NULL, config = ?, out = ? WHERE run_id = ?;
 
 -- Steps after the checkpoint a resumed run starts from are run again; drop their old rows.
 -- name: forget_steps_after

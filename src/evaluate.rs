@@ -38,7 +38,7 @@ type Origin = (f64, i64, Option<String>, Option<String>, String);
 
 /// The checkpoint to score and the finetuning run folder it belongs to, if any.
 fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>, Option<usize>)> {
-    let path = std::path::absolute(path).map_err(Error::io(path))?;
+    let path = crate::fsutil::normal_path(path)?;
     let state_of = |dir: &Path| -> Option<RunState> {
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
     };

@@ -78,7 +78,7 @@ pub(crate) struct Lineage {
 }
 
 pub(crate) fn lineage(path: &Path) -> Result<Lineage> {
-    let path = std::path::absolute(path).map_err(Error::io(path))?;
+    let path = crate::fsutil::normal_path(path)?;
     let (checkpoint, run_dir) = if path.join("latest").is_file() {
         let name = std::fs::read_to_string(path.join("latest")).map_err(Error::io(&path))?;
         (path.join(name.trim()), Some(path.clone()))
@@ -119,6 +119,27 @@ pub(crate) struct RunState {
     /// The best epoch has been scored on the test set.
     #[serde(default)]
     tested: bool,
+    /// What the epochs so far were trained with; a rerun must match.
+    #[serde(default)]
+    settings: Option<Value>,
+}
+
+/// Marks a run `failed` in the catalog if its body returns early with an error.
+struct FailOnDrop<'a> {
+    conn: &'a Connection,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for FailOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.conn.execute(
+                EVAL.get("finish_run"),
+                params!["failed", None::<i64>, self.id],
+            );
+        }
+    }
 }
 
 /// A summary line per finished run.
@@ -319,7 +340,18 @@ pub fn run(
         .clone()
         .or_else(|| lineage.run_dir.as_ref().map(|r| r.join("finetune")))
         .unwrap_or_else(|| lineage.checkpoint.join("finetune"));
+    let out_root = crate::fsutil::normal_path(&out_root)?;
+    // Everything that shapes the trained weights; epochs may grow on a rerun.
+    let settings = json!({
+        "checkpoint": lineage.checkpoint, "lr": config.lr, "batch_size": config.batch_size,
+        "effective_batch": config.effective_batch, "tokenizer": tok_sha,
+    });
     let epochs = config.epochs.unwrap_or(config.task.epochs());
+    if epochs == 0 || config.batch_size == 0 || config.effective_batch == 0 {
+        return Err(Error::Invalid(
+            "epochs, batch size and effective batch must be at least 1".into(),
+        ));
+    }
     let grad_accum = config
         .effective_batch
         .div_ceil(config.batch_size.max(1))
@@ -355,7 +387,12 @@ pub fn run(
                 && state.tested
                 && state.epochs_done >= epochs
             {
-                // Finished earlier with these epochs: nothing to redo.
+                // Finished earlier with these epochs: nothing to redo but close the row.
+                conn.execute(
+                    EVAL.get("finish_run"),
+                    params!["finished", state.best_epoch.map(|b| b as i64), id],
+                )
+                .map_err(Error::catalog("closing a run"))?;
                 let mut stmt = conn
                     .prepare(EVAL.get("test_metrics"))
                     .map_err(Error::catalog("reading test metrics"))?;
@@ -373,7 +410,19 @@ pub fn run(
                 });
                 continue;
             }
+            if state.epochs_done > 0 && state.settings.as_ref().is_some_and(|s| *s != settings) {
+                return Err(Error::Invalid(format!(
+                    "`{}` was finetuned with other settings ({}); choose another --out or remove it",
+                    dir.display(),
+                    state
+                        .settings
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                )));
+            }
             state.tested = false;
+            state.settings = Some(settings.clone());
             let id = match existing {
                 Some(id) => {
                     conn.execute(EVAL.get("reopen_run"), [&id])
@@ -413,6 +462,11 @@ pub fn run(
                     .map_err(Error::catalog("recording a finetuning run"))?;
                     id
                 }
+            };
+            let mut guard = FailOnDrop {
+                conn: &conn,
+                id: id.clone(),
+                armed: true,
             };
             conn.execute(
                 EVAL.get("forget_epochs_from"),
@@ -525,6 +579,7 @@ pub fn run(
                 params![status, state.best_epoch.map(|b| b as i64), id],
             )
             .map_err(Error::catalog("closing a run"))?;
+            guard.armed = false;
             summaries.push(RunSummary {
                 eval_run_id: id,
                 fraction,

@@ -32,6 +32,27 @@ pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
     std::fs::rename(tmp, path).map_err(Error::io(path))
 }
 
+/// One spelling per folder, so run folders can be matched by path in the catalog: the
+/// canonical path when it exists, else absolute with `.`, `..` and trailing separators
+/// resolved lexically.
+pub fn normal_path(path: &Path) -> Result<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Ok(p);
+    }
+    let absolute = std::path::absolute(path).map_err(Error::io(path))?;
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
 /// Writes `bytes` to `path` through a temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let (tmp, mut file) = create_partial(path)?;

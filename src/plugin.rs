@@ -235,15 +235,22 @@ pub fn find(capability: &str, explicit: Option<&Path>) -> Result<Plugin> {
         return Ok(plugin);
     }
     let dirs = search_path();
+    let mut refused = Vec::new();
     for path in candidates(&dirs) {
-        if let Ok(plugin) = Plugin::load(&path)
-            && plugin.has(capability)
-        {
-            return Ok(plugin);
+        match Plugin::load(&path) {
+            Ok(plugin) if plugin.has(capability) => return Ok(plugin),
+            Ok(_) => {}
+            // Not naming these would hide, say, a T5 plugin whose libtorch is missing.
+            Err(e) => refused.push(e.to_string()),
         }
     }
+    let refused = if refused.is_empty() {
+        String::new()
+    } else {
+        format!("; libraries refused: {}", refused.join("; "))
+    };
     Err(Error::Invalid(format!(
-        "no plugin that can `{capability}` was found; searched {} (set EHRPREP_PLUGIN_PATH or pass --plugin PATH; the T5 plugin is built with `cargo build --release -p ehrprep-t5`)",
+        "no plugin that can `{capability}` was found; searched {} (set EHRPREP_PLUGIN_PATH or pass --plugin PATH; the T5 plugin is built with `cargo build --release -p ehrprep-t5`){refused}",
         if dirs.is_empty() {
             "nothing".to_string()
         } else {

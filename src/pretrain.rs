@@ -79,6 +79,8 @@ fn request(config: &PretrainConfig) -> Result<(PathBuf, Value)> {
             .map_err(|e| Error::Invalid(format!("`{}` is malformed: {e}", path.display())))?;
         req["resume"] = json!(true);
         req["steps"] = json!(config.steps);
+        // The folder may have moved since: train where it is now.
+        req["out"] = json!(absolute(out)?);
         let shards = req["shards_dir"]
             .as_str()
             .map(PathBuf::from)
@@ -129,7 +131,7 @@ fn request(config: &PretrainConfig) -> Result<(PathBuf, Value)> {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(Error::io(p))
+    crate::fsutil::normal_path(p)
 }
 
 /// Runs (or resumes) a pretraining run with `plugin`. `cancel` is polled at every step.
@@ -177,24 +179,42 @@ pub fn run(
 
     let out = absolute(&config.out)?;
     let out_str = out.display().to_string();
-    let request_json = serde_json::to_string(&req).expect("request serializes");
-    let existing: Option<String> = conn
-        .query_row(TRAIN.get("run_of_folder"), [&out_str], |r| r.get(0))
-        .ok();
-    let run_id = match (config.resume, existing) {
-        (true, Some(id)) => {
-            conn.execute(TRAIN.get("reopen_run"), params![request_json, id])
+    let mut req = req;
+    // The run's id travels in run.json, so a moved run folder still finds its row.
+    let saved_id = req
+        .get("run_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let existing: Option<String> = match saved_id {
+        Some(id) => conn
+            .query_row(TRAIN.get("run_exists"), [&id], |r| r.get::<_, i64>(0))
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|_| id),
+        None => None,
+    }
+    .or_else(|| {
+        conn.query_row(TRAIN.get("run_of_folder"), [&out_str], |r| r.get(0))
+            .ok()
+    });
+    if !config.resume && (existing.is_some() || out.join("latest").exists()) {
+        return Err(Error::Invalid(format!(
+            "`{}` already holds a run; pass --resume to continue it or choose another --out",
+            out.display()
+        )));
+    }
+    let run_id = match existing {
+        Some(id) => {
+            req["run_id"] = json!(id);
+            let request_json = serde_json::to_string(&req).expect("request serializes");
+            conn.execute(TRAIN.get("reopen_run"), params![request_json, out_str, id])
                 .map_err(doing("reopening the run"))?;
             id
         }
-        (false, Some(_)) if out.join("latest").exists() => {
-            return Err(Error::Invalid(format!(
-                "`{}` already holds a run; pass --resume to continue it or choose another --out",
-                out.display()
-            )));
-        }
-        _ => {
+        None => {
             let id = new_run_id(&out_str);
+            req["run_id"] = json!(id);
+            let request_json = serde_json::to_string(&req).expect("request serializes");
             let model = req
                 .get("init")
                 .and_then(Value::as_str)
@@ -219,6 +239,7 @@ pub fn run(
             id
         }
     };
+    let request_json = serde_json::to_string(&req).expect("request serializes");
 
     let mut sink = Sink {
         conn: &conn,

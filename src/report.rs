@@ -149,6 +149,7 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
         let mut legend = Vec::new();
         let mut series = Vec::new();
         let mut models: Vec<&str> = of_task.iter().map(|r| r.0.as_str()).collect();
+        models.sort();
         models.dedup();
         for (i, model) in models.iter().enumerate() {
             let (name, color) = PALETTE[i % PALETTE.len()];

@@ -418,7 +418,8 @@ fn clip(dir: &Path, count_tokens: &dyn Fn(&str) -> usize) -> Result<Splits> {
 /// before it while the window stays within `budget` tokens, minus room for the sentence
 /// repeated after ` ; `.
 fn clip_window(doc: &[&ClipSentence], lengths: &[usize], i: usize, budget: usize) -> String {
-    let budget = budget.saturating_sub(lengths[i] + 2);
+    // Room for the sentence again, ` ; ` and `</s>`: the input never needs cutting.
+    let budget = budget.saturating_sub(lengths[i] + 4);
     let (mut lo, mut hi, mut used) = (i, i + 1, lengths[i]);
     loop {
         let mut grew = false;
@@ -589,9 +590,9 @@ mod tests {
             .collect();
         let refs: Vec<&ClipSentence> = doc.iter().collect();
         let lengths = vec![10; 6];
-        // Budget 45 - (10 + 2) = 33: the sentence and two neighbours.
-        assert_eq!(clip_window(&refs, &lengths, 2, 45), "s1 s2 s3");
-        assert_eq!(clip_window(&refs, &lengths, 0, 45), "s0 s1 s2");
+        // Budget 47 - (10 + 4) = 33: the sentence and two neighbours.
+        assert_eq!(clip_window(&refs, &lengths, 2, 47), "s1 s2 s3");
+        assert_eq!(clip_window(&refs, &lengths, 0, 47), "s0 s1 s2");
     }
 
     #[test]

@@ -187,6 +187,33 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
         "SELECT count(*), count(DISTINCT train_run_id), count(DISTINCT fraction) FROM eval_runs",
     );
     assert_eq!(runs, [vec!["2", "1", "1"]]);
+
+    // Continuing the same run with another learning rate is refused.
+    let stderr = dir
+        .ehrprep(&[
+            "finetune",
+            "--task",
+            "mednli",
+            "--data",
+            mednli.to_str().unwrap(),
+            "--checkpoint",
+            "runs/p",
+            "--seeds",
+            "1",
+            "--epochs",
+            "13",
+            "--lr",
+            "5e-3",
+            "--device",
+            "cpu",
+            "--plugin",
+            &plugin,
+        ])
+        .fails();
+    assert!(
+        stderr.contains("was finetuned with other settings"),
+        "{stderr}"
+    );
 }
 
 fn write(path: PathBuf, text: &str) {

@@ -298,6 +298,18 @@ fn pretrain_records_steps_and_checkpoints_and_resumes_in_the_catalog() {
         "SELECT count(*), count(DISTINCT step) FROM train_steps",
     );
     assert_eq!(steps, [vec!["8", "8"]]);
+
+    // A moved run folder resumes where it now is, on the same catalog row.
+    std::fs::rename(dir.join("runs/smoke"), dir.join("runs/moved")).unwrap();
+    let mut resume = vec!["pretrain", "--resume", "runs/moved/", "--steps", "9"];
+    resume.extend_from_slice(&common);
+    dir.ehrprep(&resume).ok();
+    let runs = query(
+        &dir,
+        "SELECT count(*), max(steps_done), bool_and(out LIKE '%/runs/moved') FROM train_runs",
+    );
+    assert_eq!(runs, [vec!["1", "9", "true"]]);
+    assert!(dir.join("runs/moved/checkpoint-00000009").is_dir());
 }
 
 #[test]

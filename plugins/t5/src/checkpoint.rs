@@ -46,8 +46,37 @@ pub fn restrict(path: &Path) -> Result<(), CallError> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CallError> {
-    std::fs::write(path, bytes).map_err(io(path))?;
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
     owner_only(path, 0o600)
+}
+
+/// Flushes a file (or folder entry list) to disk, so a rename after it is durable.
+pub fn sync(path: &Path) -> Result<(), CallError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
+/// Syncs every file in `dir`, then `dir` itself.
+pub fn sync_tree(dir: &Path) -> Result<(), CallError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_file() {
+            sync(&path)?;
+        }
+    }
+    sync(dir)
+}
+
+/// Replaces `path` with `bytes` through a temporary file, durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CallError> {
+    let tmp = path.with_extension("partial");
+    write_file(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    sync(path.parent().unwrap_or(Path::new(".")))
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CallError> {
@@ -61,7 +90,7 @@ pub fn prepare_run_dir(run: &Path, req: &PretrainRequest) -> Result<(), CallErro
     std::fs::create_dir_all(run).map_err(io(run))?;
     owner_only(run, 0o700)?;
     let json = serde_json::to_string_pretty(req).expect("request serializes");
-    write_file(&run.join("run.json"), json.as_bytes())
+    write_atomic(&run.join("run.json"), json.as_bytes())
 }
 
 /// The variables as f32 CPU tensors, by name, in name order.
@@ -109,13 +138,14 @@ pub fn save(
         let json = serde_json::to_string_pretty(state).expect("state serializes");
         write_file(&partial.join("trainer_state.json"), json.as_bytes())?;
     }
+    // Everything on disk before the folder takes its final name and `latest` points at it.
+    sync_tree(&partial)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     std::fs::rename(&partial, &dir).map_err(io(&dir))?;
-    let latest = run.join("latest.partial");
-    write_file(&latest, name.as_bytes())?;
-    std::fs::rename(&latest, run.join("latest")).map_err(io(run))?;
+    sync(run)?;
+    write_atomic(&run.join("latest"), name.as_bytes())?;
     Ok(dir)
 }
 
@@ -140,8 +170,12 @@ pub fn prune(run: &Path, keep: usize) -> Result<(), CallError> {
         .filter(|n| n.starts_with("checkpoint-") && !n.ends_with(".partial"))
         .collect();
     dirs.sort();
+    let latest = std::fs::read_to_string(run.join("latest")).unwrap_or_default();
     let excess = dirs.len().saturating_sub(keep);
-    for name in &dirs[..excess] {
+    for name in dirs[..excess]
+        .iter()
+        .filter(|n| n.as_str() != latest.trim())
+    {
         let path = run.join(name);
         std::fs::remove_dir_all(&path).map_err(io(&path))?;
     }

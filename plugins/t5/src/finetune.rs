@@ -138,6 +138,11 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
         tch::set_num_threads(req.threads);
     }
     let device = device_for(&req.device)?;
+    if req.batch_size == 0 || req.grad_accum == 0 {
+        return Err(CallError::Failed(
+            "batch size and accumulation must be at least 1".into(),
+        ));
+    }
     let examples = read_encoded(&req.train)?;
     if examples.is_empty() {
         return Err(CallError::Failed(format!(
@@ -195,7 +200,13 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
             loss_sum += loss.double_value(&[]);
             batches += 1;
         }
-        clip_grad_norm(&params, 1.0);
+        let norm = clip_grad_norm(&params, 1.0);
+        if !norm.is_finite() {
+            return Err(CallError::Failed(format!(
+                "the gradient norm is {norm} in epoch {}; stopping",
+                req.epoch + 1
+            )));
+        }
         optimizer.step(&params, req.lr);
         steps += 1;
     }
@@ -240,10 +251,12 @@ fn save_to(
     let json = serde_json::to_string_pretty(state).expect("state serializes");
     std::fs::write(partial.join("trainer_state.json"), json).map_err(io)?;
     crate::checkpoint::restrict(&partial)?;
+    crate::checkpoint::sync_tree(&partial)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
-    std::fs::rename(&partial, dir).map_err(io)
+    std::fs::rename(&partial, dir).map_err(io)?;
+    crate::checkpoint::sync(dir.parent().unwrap_or(Path::new(".")))
 }
 
 /// Generate predictions for encoded examples.

@@ -135,7 +135,14 @@ impl T5Config {
                 ));
             }
         }
-        if self.vocab_size < 1 || self.d_model < 1 || self.num_heads < 1 || self.d_kv < 1 {
+        if self.vocab_size < 1
+            || self.d_model < 1
+            || self.num_heads < 1
+            || self.d_kv < 1
+            || self.d_ff < 1
+            || self.num_layers < 1
+            || self.decoder_layers() < 1
+        {
             return Err("config has a zero-sized dimension".into());
         }
         Ok(())

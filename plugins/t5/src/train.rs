@@ -65,6 +65,9 @@ pub struct PretrainRequest {
     /// CPU threads for libtorch (0: libtorch's default).
     #[serde(default)]
     pub threads: i32,
+    /// The host's id for this run, kept in run.json so the host finds it again.
+    #[serde(default)]
+    pub run_id: Option<String>,
 }
 
 fn default_model() -> String {
@@ -221,6 +224,12 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         ));
     }
 
+    if !req.resume && latest_checkpoint(&req.out).is_some() {
+        return Err(CallError::Failed(format!(
+            "`{}` already holds a run; resume it or choose another folder",
+            req.out.display()
+        )));
+    }
     let resume_from = if req.resume {
         Some(latest_checkpoint(&req.out).ok_or_else(|| {
             CallError::Failed(format!(
@@ -255,6 +264,22 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     }
     // T5 v1.1 turned dropout off for pretraining.
     config.dropout_rate = 0.0;
+    // The tokenizer decides the special ids; generation stops at its `</s>`.
+    let (pad, eos) = (
+        manifest.tokenizer.pad_id as i64,
+        manifest.tokenizer.eos_id as i64,
+    );
+    if resume_from.is_some() && (config.pad_token_id, config.eos_token_id) != (pad, eos) {
+        return Err(CallError::Failed(format!(
+            "the checkpoint uses pad {} and </s> {}; the build's tokenizer uses {pad} and {eos}",
+            config.pad_token_id, config.eos_token_id
+        )));
+    }
+    (
+        config.pad_token_id,
+        config.eos_token_id,
+        config.decoder_start_token_id,
+    ) = (pad, eos, pad);
 
     let mut vs = nn::VarStore::new(device);
     let compute = if device.is_cuda() {
@@ -275,6 +300,14 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     if let Some(dir) = &resume_from {
         crate::checkpoint::load_weights(&mut vs, &dir.join("model.safetensors"))?;
         let state: TrainerState = crate::checkpoint::read_json(&dir.join("trainer_state.json"))?;
+        if state.optimizer != req.optimizer || state.seed != req.seed {
+            return Err(CallError::Failed(format!(
+                "`{}` was trained with {:?} and seed {}; resume it with the same",
+                req.out.display(),
+                state.optimizer,
+                state.seed
+            )));
+        }
         if state.build_id != manifest.build_id
             || state.tokenizer_sha256 != manifest.tokenizer.sha256
         {
@@ -394,6 +427,12 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             )));
         }
         let grad_norm = clip_grad_norm(&params, req.clip);
+        if !grad_norm.is_finite() {
+            return Err(CallError::Failed(format!(
+                "the gradient norm is {grad_norm} at step {}; stopping before the weights are spoiled",
+                step + 1
+            )));
+        }
         step += 1;
         let lr = lr_schedule.lr(step);
         optimizer.step(&params, lr);

@@ -191,6 +191,22 @@ fn bad_requests_are_refused_with_a_reason() {
         matches!(&err, CallError::Failed(m) if m.contains("no checkpoint to resume")),
         "{err:?}"
     );
+    // A fresh run into a folder that holds one is refused: it would prune the other's
+    // checkpoints. Resuming with another optimizer is refused too.
+    run(&request(dir.path(), 1), &mut Recorder::default()).unwrap();
+    let err = run(&request(dir.path(), 1), &mut Recorder::default()).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Failed(m) if m.contains("already holds a run")),
+        "{err:?}"
+    );
+    let mut req = request(dir.path(), 2);
+    req.resume = true;
+    req.optimizer = ehrprep_t5::optim::OptimizerKind::Adamw;
+    let err = run(&req, &mut Recorder::default()).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Failed(m) if m.contains("resume it with the same")),
+        "{err:?}"
+    );
 }
 
 #[test]
