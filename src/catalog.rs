@@ -65,6 +65,19 @@ pub fn restrict_to_owner(path: &Path) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(path))
 }
 
+/// A fresh id for a training or evaluation run: 16 hex digits from `key` (what the run
+/// writes to), the clock and the process. Run ids name runs, never outputs, so the clock
+/// costs no determinism.
+pub fn new_run_id(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!("{key}\n{now}\n{}", std::process::id()));
+    crate::tokenizer::hex(&digest[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

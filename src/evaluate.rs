@@ -125,15 +125,7 @@ pub fn run(
     });
     let (fraction, seed, train_run_id, build_id, model) =
         origin.unwrap_or((1.0, 0, None, None, checkpoint.display().to_string()));
-    let id = crate::tokenizer::hex(&{
-        use sha2::Digest;
-        sha2::Sha256::digest(format!(
-            "{}\n{name}\n{:?}",
-            checkpoint.display(),
-            std::time::SystemTime::now()
-        ))
-    })[..16]
-        .to_string();
+    let id = crate::catalog::new_run_id(&format!("{}\n{name}", checkpoint.display()));
     let run_config = json!({"evaluate": name, "task": config.task.as_str(), "data": config.data});
     conn.execute(
         EVAL.get("insert_run"),

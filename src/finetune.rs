@@ -431,14 +431,7 @@ pub fn run(
                 }
                 None => {
                     state = RunState::default();
-                    let id = crate::tokenizer::hex(&{
-                        use sha2::Digest;
-                        sha2::Sha256::digest(format!(
-                            "{out_str}\n{:?}",
-                            std::time::SystemTime::now()
-                        ))
-                    })[..16]
-                        .to_string();
+                    let id = crate::catalog::new_run_id(&out_str);
                     let run_config =
                         json!({"config": config, "epochs": epochs, "grad_accum": grad_accum});
                     conn.execute(

@@ -212,7 +212,7 @@ pub fn run(
             id
         }
         None => {
-            let id = new_run_id(&out_str);
+            let id = crate::catalog::new_run_id(&out_str);
             req["run_id"] = json!(id);
             let request_json = serde_json::to_string(&req).expect("request serializes");
             let model = req
@@ -268,16 +268,6 @@ pub fn run(
         status,
         result: serde_json::from_str(&result).unwrap_or(Value::Null),
     })
-}
-
-fn new_run_id(out: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let digest = Sha256::digest(format!("{out}\n{now}\n{}", std::process::id()));
-    crate::tokenizer::hex(&digest[..8])
 }
 
 /// Receives the plugin's events and writes them to the catalog.

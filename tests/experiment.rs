@@ -9,40 +9,12 @@ use std::process::Command;
 
 use util::*;
 
-fn plugin() -> String {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = deps.join(format!(
-        "{}ehrprep_t5{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path.to_string_lossy().into_owned()
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("EHRPREP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/ehrprep-venv/bin/python")
-        })
-}
-
 #[test]
 fn the_smoke_experiment_runs_end_to_end_and_then_resumes_to_nothing() {
     let dir = Dir::new();
     let toml = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/experiments/smoke.toml");
     let toml = toml.to_str().unwrap();
-    let plugin = plugin();
+    let plugin = t5_plugin();
     let args = [
         "experiment",
         "run",
@@ -106,7 +78,7 @@ fn the_smoke_experiment_runs_end_to_end_and_then_resumes_to_nothing() {
     }
     assert!(md.contains("| tiny | 0.25 | accuracy |"), "{md}");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/png_oracle.py");
-    let out = Command::new(python())
+    let out = Command::new(python_path())
         .arg(script)
         .args(&paths)
         .output()

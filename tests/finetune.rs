@@ -7,40 +7,10 @@ use std::path::{Path, PathBuf};
 
 use util::*;
 
-fn plugin() -> String {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = deps.join(format!(
-        "{}ehrprep_t5{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path.to_string_lossy().into_owned()
-}
-
 /// A build of the fixtures and a short tiny pretraining run, in `dir`.
 fn pretrained(dir: &Dir) {
-    dir.build_fixtures(
-        "out",
-        &[
-            "--vocab-size",
-            "1000",
-            "--input-length",
-            "128",
-            "--validation-fraction",
-            "0.2",
-        ],
-    )
-    .ok();
-    let plugin = plugin();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
     dir.ehrprep(&[
         "pretrain",
         "--build",
@@ -67,7 +37,7 @@ fn pretrained(dir: &Dir) {
 }
 
 fn finetune(dir: &Dir, task: &str, data: &Path, extra: &[&str]) -> String {
-    let plugin = plugin();
+    let plugin = t5_plugin();
     let data = data.to_str().unwrap();
     let mut args = vec![
         "finetune",
@@ -158,7 +128,7 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
 
     // `evaluate` rescores the best epoch on test: the same accuracy, as its own run with the
     // finetuning run's lineage.
-    let plugin = plugin();
+    let plugin = t5_plugin();
     let stdout = dir
         .ehrprep(&[
             "evaluate",

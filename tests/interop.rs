@@ -18,12 +18,7 @@ fn python() -> Option<PathBuf> {
         eprintln!("skipped: EHRPREP_SKIP_PYTHON=1");
         return None;
     }
-    let python = std::env::var_os("EHRPREP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/ehrprep-venv/bin/python")
-        });
+    let python = python_path();
     let ok = Command::new(&python)
         .args(["-c", "import tokenizers, transformers"])
         .status()

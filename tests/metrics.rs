@@ -5,8 +5,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod util;
+
 use ehrprep::metrics::{CLIP_LABELS, clip_f1, squad_v2};
 use ehrprep::synth::Rng;
+use util::python_path;
 
 const WORDS: &[&str] = &[
     "the",
@@ -49,15 +52,6 @@ fn labels(rng: &mut Rng) -> String {
     out.join(", ")
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("EHRPREP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/ehrprep-venv/bin/python")
-        })
-}
-
 #[test]
 fn metrics_match_the_official_squad_definitions_and_scikit_learn() {
     let mut rng = Rng::new(2023);
@@ -86,7 +80,7 @@ fn metrics_match_the_official_squad_definitions_and_scikit_learn() {
     )
     .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics_oracle.py");
-    let out = Command::new(python())
+    let out = Command::new(python_path())
         .arg(script)
         .arg(&cases)
         .output()

@@ -10,29 +10,6 @@ use ehrprep::plugin::{Outcome, Plugin};
 use ehrprep_plugin_api::HostSink;
 use util::*;
 
-/// A plugin library built by `cargo test --workspace`, which puts workspace cdylibs beside
-/// the test binaries.
-fn plugin_lib(crate_name: &str) -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let file = format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    );
-    let path = deps.join(&file);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so the plugins are built",
-        path.display()
-    );
-    path
-}
-
 fn echo() -> PathBuf {
     plugin_lib("ehrprep-plugin-echo")
 }
@@ -203,18 +180,7 @@ fn the_host_binary_never_links_libtorch() {
 #[test]
 fn pretrain_records_steps_and_checkpoints_and_resumes_in_the_catalog() {
     let dir = Dir::new();
-    dir.build_fixtures(
-        "out",
-        &[
-            "--vocab-size",
-            "1000",
-            "--input-length",
-            "128",
-            "--validation-fraction",
-            "0.2",
-        ],
-    )
-    .ok();
+    dir.build_fixtures_for_training("out").ok();
     let t5 = plugin_lib("ehrprep-t5");
     let t5 = t5.to_str().unwrap();
     let common = [
@@ -361,18 +327,7 @@ fn assert_owner_only(path: &Path) {
 #[test]
 fn pretrain_stops_cleanly_when_cancelled_and_marks_the_run() {
     let dir = Dir::new();
-    dir.build_fixtures(
-        "out",
-        &[
-            "--vocab-size",
-            "1000",
-            "--input-length",
-            "128",
-            "--validation-fraction",
-            "0.2",
-        ],
-    )
-    .ok();
+    dir.build_fixtures_for_training("out").ok();
     let plugin = Plugin::load(&plugin_lib("ehrprep-t5")).unwrap();
     let config = ehrprep::pretrain::PretrainConfig {
         build: Some(dir.path().join("out")),
@@ -399,18 +354,7 @@ fn pretrain_stops_cleanly_when_cancelled_and_marks_the_run() {
 #[test]
 fn ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_run_resumes() {
     let dir = Dir::new();
-    dir.build_fixtures(
-        "out",
-        &[
-            "--vocab-size",
-            "1000",
-            "--input-length",
-            "128",
-            "--validation-fraction",
-            "0.2",
-        ],
-    )
-    .ok();
+    dir.build_fixtures_for_training("out").ok();
     let t5 = plugin_lib("ehrprep-t5");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_ehrprep"))
         .args([

@@ -41,6 +41,22 @@ impl Dir {
         self.ehrprep(&args)
     }
 
+    /// The fixtures built for training tests: a small vocabulary, 128-token inputs and a
+    /// validation split large enough to have rows.
+    pub fn build_fixtures_for_training(&self, out: &str) -> Run {
+        self.build_fixtures(
+            out,
+            &[
+                "--vocab-size",
+                "1000",
+                "--input-length",
+                "128",
+                "--validation-fraction",
+                "0.2",
+            ],
+        )
+    }
+
     pub fn ehrprep(&self, args: &[&str]) -> Run {
         self.ehrprep_env(args, &[])
     }
@@ -211,4 +227,42 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
+}
+
+/// A plugin library built by `cargo test --workspace`, which puts workspace cdylibs beside
+/// the test binaries.
+pub fn plugin_lib(crate_name: &str) -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let file = format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        crate_name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    let path = deps.join(&file);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the plugins are built",
+        path.display()
+    );
+    path
+}
+
+/// The T5 plugin's path, as a command-line argument.
+pub fn t5_plugin() -> String {
+    plugin_lib("ehrprep-t5").to_string_lossy().into_owned()
+}
+
+/// The Python with the oracles: `EHRPREP_PYTHON`, or the virtual environment `.ci/run` makes.
+pub fn python_path() -> PathBuf {
+    std::env::var_os("EHRPREP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/ehrprep-venv/bin/python")
+        })
 }

@@ -113,17 +113,30 @@ fn named_weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 }
 
 /// Writes `config.json` and `model.safetensors` (and, for training, the optimizer and
-/// trainer state) into a new checkpoint folder; returns its path.
+/// trainer state) into a new checkpoint folder `run/checkpoint-NNNNNNNN` and points
+/// `run/latest` at it; returns its path.
 pub fn save(
     run: &Path,
     vs: &nn::VarStore,
     config: &T5Config,
     training: Option<(&Optimizer, &TrainerState)>,
 ) -> Result<PathBuf, CallError> {
-    let step = training.map(|(_, s)| s.step).unwrap_or(0);
-    let name = dir_name(step);
+    let name = dir_name(training.map(|(_, s)| s.step).unwrap_or(0));
     let dir = run.join(&name);
-    let partial = run.join(format!("{name}.partial"));
+    write_dir(&dir, vs, config, training)?;
+    write_atomic(&run.join("latest"), name.as_bytes())?;
+    Ok(dir)
+}
+
+/// Writes a checkpoint folder at exactly `dir`: built under `dir.partial`, synced, then
+/// renamed into place (replacing an older `dir`), so a folder by that name is complete.
+pub fn write_dir(
+    dir: &Path,
+    vs: &nn::VarStore,
+    config: &T5Config,
+    training: Option<(&Optimizer, &TrainerState)>,
+) -> Result<(), CallError> {
+    let partial = dir.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
     }
@@ -138,15 +151,13 @@ pub fn save(
         let json = serde_json::to_string_pretty(state).expect("state serializes");
         write_file(&partial.join("trainer_state.json"), json.as_bytes())?;
     }
-    // Everything on disk before the folder takes its final name and `latest` points at it.
+    // Everything on disk before the folder takes its final name.
     sync_tree(&partial)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
-    std::fs::rename(&partial, &dir).map_err(io(&dir))?;
-    sync(run)?;
-    write_atomic(&run.join("latest"), name.as_bytes())?;
-    Ok(dir)
+    std::fs::rename(&partial, dir).map_err(io(dir))?;
+    sync(dir.parent().unwrap_or(Path::new(".")))
 }
 
 /// Writes a Hugging Face T5 directory's two files into `dir`.

@@ -3,7 +3,7 @@
 //! validation predictions itself (the metrics need the tokenizer), keeps the best
 //! checkpoint, and resumes after a crash at the last finished epoch.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -219,7 +219,7 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
         tokenizer_sha256: String::new(),
         validation_loss: None,
     };
-    save_to(&req.out, &vs, &model.config, &optimizer, &state)?;
+    crate::checkpoint::write_dir(&req.out, &vs, &model.config, Some((&optimizer, &state)))?;
     let mean_loss = loss_sum / batches.max(1) as f64;
     host.event(&serde_json::json!({"kind": "finetune_epoch", "epoch": req.epoch, "steps": steps, "loss": mean_loss}));
     Ok(FinetuneResult {
@@ -228,35 +228,6 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
         checkpoint: req.out.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Writes a checkpoint folder at exactly `dir` (via `dir.partial`, renamed when complete).
-fn save_to(
-    dir: &Path,
-    vs: &nn::VarStore,
-    config: &T5Config,
-    optimizer: &Optimizer,
-    state: &TrainerState,
-) -> Result<(), CallError> {
-    let io = |e: std::io::Error| CallError::Failed(format!("`{}`: {e}", dir.display()));
-    let partial = dir.with_extension("partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(io)?;
-    }
-    std::fs::create_dir_all(&partial).map_err(io)?;
-    crate::checkpoint::write_hf(&partial, vs, config)?;
-    let opt = partial.join("optimizer.safetensors");
-    Tensor::write_safetensors(&optimizer.named_state(), &opt)
-        .map_err(|e| CallError::Failed(format!("writing `{}`: {e}", opt.display())))?;
-    let json = serde_json::to_string_pretty(state).expect("state serializes");
-    std::fs::write(partial.join("trainer_state.json"), json).map_err(io)?;
-    crate::checkpoint::restrict(&partial)?;
-    crate::checkpoint::sync_tree(&partial)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io)?;
-    }
-    std::fs::rename(&partial, dir).map_err(io)?;
-    crate::checkpoint::sync(dir.parent().unwrap_or(Path::new(".")))
 }
 
 /// Generate predictions for encoded examples.
@@ -305,15 +276,12 @@ pub fn generate(req: &GenerateRequest, host: &Host<'_>) -> Result<serde_json::Va
             predictions[i] = ids;
         }
     }
-    let partial = req.out.with_extension("partial");
-    let io = |e: std::io::Error| CallError::Failed(format!("`{}`: {e}", req.out.display()));
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(io)?);
+    let mut bytes = Vec::new();
     for (e, ids) in examples.iter().zip(&predictions) {
-        writeln!(w, "{}", serde_json::json!({"id": e.id, "ids": ids})).map_err(io)?;
+        serde_json::to_writer(&mut bytes, &serde_json::json!({"id": e.id, "ids": ids}))
+            .expect("predictions serialize");
+        bytes.push(b'\n');
     }
-    w.flush().map_err(io)?;
-    drop(w);
-    crate::checkpoint::restrict(&partial)?;
-    std::fs::rename(&partial, &req.out).map_err(io)?;
+    crate::checkpoint::write_atomic(&req.out, &bytes)?;
     Ok(serde_json::json!({"predictions": examples.len(), "out": req.out}))
 }
