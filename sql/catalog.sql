@@ -44,8 +44,9 @@ CREATE TABLE IF NOT EXISTS corpus (
 );
 
 -- name: stage
--- Working tables of a build, dropped when it succeeds.
-CREATE TABLE stage_notes (
+-- Working tables of a build: temporary (this connection only, in memory up to the memory
+-- limit, spilled to the temp directory beyond it), never compressed into the catalog file.
+CREATE TEMP TABLE stage_notes (
     ord        BIGINT NOT NULL,
     source     VARCHAR NOT NULL,
     note_id    VARCHAR NOT NULL,
@@ -59,15 +60,19 @@ CREATE TABLE stage_notes (
     iserror    BOOLEAN NOT NULL,
     text       VARCHAR NOT NULL
 );
-CREATE TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
-CREATE TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);
-CREATE TABLE stage_excluded (subject_id BIGINT NOT NULL);
+CREATE TEMP TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
+CREATE TEMP TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);
+CREATE TEMP TABLE stage_excluded (subject_id BIGINT NOT NULL);
+CREATE TEMP TABLE stage_outcome (ord BIGINT NOT NULL, reason VARCHAR NOT NULL);
+CREATE TEMP TABLE stage_kept (seq BIGINT NOT NULL, ord BIGINT NOT NULL, text VARCHAR NOT NULL);
 
 -- name: drop_stage
 DROP TABLE IF EXISTS stage_notes;
 DROP TABLE IF EXISTS stage_icustays;
 DROP TABLE IF EXISTS stage_task_rows;
 DROP TABLE IF EXISTS stage_excluded;
+DROP TABLE IF EXISTS stage_outcome;
+DROP TABLE IF EXISTS stage_kept;
 DROP TABLE IF EXISTS stage_reasons;
 DROP TABLE IF EXISTS raw_file;
 

@@ -9,12 +9,6 @@ CREATE TABLE IF NOT EXISTS dedup_clusters (
     first      BOOLEAN NOT NULL  -- the note that stays under --recipe strict
 );
 
--- name: batch
-SELECT seq, text FROM corpus WHERE seq >= ? AND seq < ? ORDER BY seq;
-
--- name: bounds
-SELECT coalesce(max(seq) + 1, 0) FROM corpus;
-
 -- name: members
 -- Clusters with their notes, from the seq pairs staged by Rust.
 INSERT INTO dedup_clusters
@@ -22,7 +16,7 @@ SELECT ?, f.note_id, c.source, c.note_id, m.seq = m.root
 FROM stage_dedup m JOIN corpus c ON c.seq = m.seq JOIN corpus f ON f.seq = m.root;
 
 -- name: stage
-CREATE OR REPLACE TABLE stage_dedup (seq BIGINT NOT NULL, root BIGINT NOT NULL);
+CREATE OR REPLACE TEMP TABLE stage_dedup (seq BIGINT NOT NULL, root BIGINT NOT NULL);
 
 -- name: drop_near_duplicates
 -- --recipe strict: the near duplicates leave the corpus and get their reason.

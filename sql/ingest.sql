@@ -4,7 +4,7 @@
 -- `columns` lists below name the columns in the order the header was checked to have.
 
 -- name: read_mimic3
-CREATE OR REPLACE TABLE raw_file AS
+CREATE OR REPLACE TEMP TABLE raw_file AS
 SELECT * FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216,
@@ -52,7 +52,7 @@ SELECT ? + rowid, 'mimic-iii', CAST(CAST(ROW_ID AS BIGINT) AS VARCHAR), CAST(ROW
 FROM raw_file ORDER BY rowid;
 
 -- name: read_mimic4
-CREATE OR REPLACE TABLE raw_file AS
+CREATE OR REPLACE TEMP TABLE raw_file AS
 SELECT * FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216,
@@ -104,7 +104,7 @@ SELECT count(*) FROM raw_file;
 SELECT coalesce(max(ord) + 1, 0) FROM stage_notes;
 
 -- name: read_icustays
-CREATE OR REPLACE TABLE raw_file AS
+CREATE OR REPLACE TEMP TABLE raw_file AS
 SELECT * FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"',
     all_varchar = true, strict_mode = true);
 

@@ -5,7 +5,7 @@
 
 -- name: reasons
 -- Parameter 1: apply the era rule (MIMIC-IV-Note is also being built and ICUSTAYS is known).
-CREATE OR REPLACE TABLE stage_reasons AS
+CREATE OR REPLACE TEMP TABLE stage_reasons AS
 WITH carevue_only AS (
     -- Patients whose every ICU stay was charted in CareVue; everyone else overlaps MIMIC-IV.
     SELECT subject_id FROM stage_icustays
@@ -49,11 +49,26 @@ WHERE t.row_id NOT IN (SELECT row_id FROM stage_notes WHERE source = 'mimic-iii'
 
 -- name: note_batch
 -- One batch of notes in build order, with the reason from the set rules (NULL: still in).
-SELECT n.ord, n.source, n.note_id, n.subject_id, n.hadm_id, n.category, r.reason,
-       CASE WHEN r.reason IS NULL THEN n.text END AS text, length(n.text) AS chars
+SELECT n.ord, n.source, r.reason, CASE WHEN r.reason IS NULL THEN n.text END AS text,
+       length(n.text)::BIGINT AS chars
 FROM stage_notes n JOIN stage_reasons r USING (ord)
 WHERE n.ord >= ? AND n.ord < ?
 ORDER BY n.ord;
 
 -- name: note_count
 SELECT count(*), coalesce(max(ord) + 1, 0) FROM stage_notes;
+
+-- name: write_decisions
+-- One decision per input note: the reasons Rust decided (stage_outcome), with the notes'
+-- metadata joined back, in build order.
+INSERT INTO note_decisions
+SELECT ?, n.source, n.note_id, n.subject_id, n.hadm_id, n.category, o.reason
+FROM stage_notes n JOIN stage_outcome o USING (ord)
+ORDER BY n.ord;
+
+-- name: write_corpus
+-- The kept notes' normalized text (stage_kept, by seq) with their metadata.
+INSERT INTO corpus
+SELECT k.seq, n.note_id, n.source, n.subject_id, n.hadm_id, n.category, k.text
+FROM stage_kept k JOIN stage_notes n USING (ord)
+ORDER BY k.seq;

@@ -150,44 +150,23 @@ pub fn clusters_from_keys(keys: &[Vec<u64>], bands: usize) -> Vec<usize> {
     (0..keys.len()).map(|i| uf.find(i)).collect()
 }
 
-/// Finds near duplicates among the kept notes of a build, records every cluster in
-/// `dedup_clusters`, and with `remove` moves all but each cluster's first note out of the
-/// corpus with reason `near_duplicate`. Returns how many notes are near duplicates of an
-/// earlier one, and their characters.
+/// Finds near duplicates among the kept notes of a build from their band keys (`keys[seq]`,
+/// computed during normalization), records every cluster in `dedup_clusters`, and with
+/// `remove` moves all but each cluster's first note out of the corpus with reason
+/// `near_duplicate`. Returns how many notes are near duplicates of an earlier one, and their
+/// characters.
 pub fn run(
     conn: &duckdb::Connection,
     build_id: &str,
     config: &MinHashConfig,
+    keys: &[Vec<u64>],
     remove: bool,
 ) -> crate::Result<(u64, u64)> {
     use crate::Error;
     use crate::sql::DEDUP;
     conn.execute_batch(DEDUP.get("schema"))
         .map_err(Error::catalog("creating dedup tables"))?;
-    let end: i64 = conn
-        .query_row(DEDUP.get("bounds"), [], |r| r.get(0))
-        .map_err(Error::catalog("reading the corpus"))?;
-    let mut stmt = conn
-        .prepare(DEDUP.get("batch"))
-        .map_err(Error::catalog("reading the corpus"))?;
-    let mut seqs = Vec::new();
-    let mut keys = Vec::new();
-    let mut lo = 0i64;
-    while lo < end {
-        let batch: Vec<(i64, String)> = stmt
-            .query_map([lo, lo + 8192], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(Error::catalog("reading the corpus"))?;
-        keys.extend(
-            batch
-                .par_iter()
-                .map(|(_, text)| config.band_keys(text))
-                .collect::<Vec<_>>(),
-        );
-        seqs.extend(batch.into_iter().map(|(seq, _)| seq));
-        lo += 8192;
-    }
-    let roots = clusters_from_keys(&keys, config.bands);
+    let roots = clusters_from_keys(keys, config.bands);
     let mut size = vec![0u32; roots.len()];
     for &r in &roots {
         size[r] += 1;
@@ -200,7 +179,7 @@ pub fn run(
     let mut near = 0;
     for (i, &r) in roots.iter().enumerate() {
         if size[r] > 1 {
-            app.append_row([seqs[i], seqs[r]])
+            app.append_row([i as i64, r as i64])
                 .map_err(Error::catalog("staging clusters"))?;
             near += u64::from(i != r);
         }

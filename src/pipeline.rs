@@ -7,7 +7,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 
 use duckdb::Connection;
 use rayon::prelude::*;
@@ -179,10 +182,14 @@ fn build_into(
     select::apply_set_rules(&conn, rules)?;
     stage_done("select");
 
-    let mut stats = normalize_and_decide(&conn, config, &build_id, reporter)?;
+    let Decided {
+        mut stats,
+        band_keys,
+    } = normalize_and_decide(&conn, config, &build_id, reporter)?;
     stage_done("normalize");
     let remove = config.recipe == Recipe::Strict;
-    let (near, near_chars) = crate::dedup::run(&conn, &build_id, &config.minhash, remove)?;
+    let (near, near_chars) =
+        crate::dedup::run(&conn, &build_id, &config.minhash, &band_keys, remove)?;
     if remove {
         stats.move_notes(Reason::Kept, Reason::NearDuplicate, near, near_chars);
     }
@@ -361,33 +368,32 @@ fn build_id(config_json: &str, inputs_json: &str) -> String {
     crate::tokenizer::hex(&digest[..8])
 }
 
-/// One staged note as the normalization loop sees it.
-struct NoteRow {
-    source: Source,
-    note_id: String,
-    subject_id: i64,
-    hadm_id: Option<i64>,
-    category: String,
-    reason: Option<Reason>,
-    text: Option<String>,
-    /// Characters of the raw text.
-    chars: u64,
-}
-
-/// A note after normalization: its text and a digest of it.
+/// A note after normalization: its text, a digest of it, its characters and its MinHash
+/// band keys (computed here, in parallel, so de-duplication never reads the corpus back).
 struct Normalized {
     text: String,
     digest: u128,
+    chars: u64,
+    band_keys: Vec<u64>,
+}
+
+/// What normalization hands on: the statistics, and per kept note (in `seq` order) its
+/// MinHash band keys.
+struct Decided {
+    stats: BuildStats,
+    band_keys: Vec<Vec<u64>>,
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
-/// writes one decision per note plus the kept notes to the catalog.
+/// decides each note's reason. Rust only appends what it computed (reasons by `ord`, kept
+/// texts by `seq`) to staging tables, in Arrow batches; SQL joins the notes' metadata back
+/// when it writes `note_decisions` and `corpus`.
 fn normalize_and_decide(
     conn: &Connection,
     config: &BuildConfig,
     build_id: &str,
     reporter: &dyn Reporter,
-) -> Result<BuildStats> {
+) -> Result<Decided> {
     let (total, end): (u64, i64) = conn
         .query_row(SELECT_PAPER.get("note_count"), [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -395,99 +401,167 @@ fn normalize_and_decide(
         .map_err(Error::catalog("counting notes"))?;
     reporter.start("normalizing", total, "notes");
     let mut stats = BuildStats::default();
+    let mut band_keys = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let mut seq: i64 = 0;
     let batch = config.batch_notes.max(1) as i64;
     let mut stmt = conn
         .prepare(SELECT_PAPER.get("note_batch"))
         .map_err(Error::catalog("reading notes"))?;
+    let mut outcome = conn
+        .appender("stage_outcome")
+        .map_err(Error::catalog("writing decisions"))?;
+    let mut kept = conn
+        .appender("stage_kept")
+        .map_err(Error::catalog("writing the corpus"))?;
     let mut lo = 0;
     while lo < end {
-        let rows: Vec<NoteRow> = stmt
-            .query_map([lo, lo + batch], |r| {
-                let source: String = r.get(1)?;
-                let reason: Option<String> = r.get(6)?;
-                Ok(NoteRow {
-                    source: Source::parse(&source).unwrap_or(Source::MimicIii),
-                    note_id: r.get(2)?,
-                    subject_id: r.get(3)?,
-                    hadm_id: r.get(4)?,
-                    category: r.get(5)?,
-                    reason: reason.as_deref().and_then(Reason::parse),
-                    text: r.get(7)?,
-                    chars: r.get(8)?,
-                })
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(Error::catalog("reading notes"))?;
-        lo += batch;
-
-        let normalized: Vec<Option<Normalized>> = rows
-            .par_iter()
-            .map(|row| {
-                row.text.as_deref().map(|raw| {
-                    let text = normalize(raw, row.source, config.deid);
-                    let digest = digest128(&text);
-                    Normalized { text, digest }
-                })
-            })
+        let batches: Vec<RecordBatch> = stmt
+            .query_arrow([lo, lo + batch])
+            .map_err(Error::catalog("reading notes"))?
             .collect();
+        lo += batch;
+        for notes in &batches {
+            let notes = NoteBatch::new(notes)?;
+            let normalized: Vec<Option<Normalized>> = (0..notes.len())
+                .into_par_iter()
+                .map(|i| {
+                    notes.text(i).map(|raw| {
+                        let text = normalize(raw, notes.source(i), config.deid);
+                        Normalized {
+                            digest: digest128(&text),
+                            chars: text.chars().count() as u64,
+                            band_keys: config.minhash.band_keys(&text),
+                            text,
+                        }
+                    })
+                })
+                .collect();
 
-        let mut decisions = conn
-            .appender("note_decisions")
-            .map_err(Error::catalog("writing decisions"))?;
-        let mut corpus = conn
-            .appender("corpus")
-            .map_err(Error::catalog("writing the corpus"))?;
-        for (row, norm) in rows.iter().zip(normalized) {
-            let reason = match (&row.reason, &norm) {
-                (Some(r), _) => *r,
-                (None, Some(n)) if n.text.is_empty() => Reason::Empty,
-                (None, Some(n)) if !seen.insert(n.digest) => Reason::ExactDuplicate,
-                (None, Some(_)) => Reason::Kept,
-                (None, None) => Reason::Empty,
-            };
-            stats.chars_in += row.chars;
-            match (&norm, reason) {
-                (Some(n), Reason::Kept) => {
-                    stats.add(reason, n.text.chars().count() as u64);
-                    corpus
-                        .append_row(duckdb::params![
-                            seq,
-                            row.note_id,
-                            row.source.as_str(),
-                            row.subject_id,
-                            row.hadm_id,
-                            row.category,
-                            n.text
-                        ])
-                        .map_err(Error::catalog("writing the corpus"))?;
-                    seq += 1;
+            let mut reasons = Vec::with_capacity(notes.len());
+            let (mut kept_seq, mut kept_ord, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, norm) in normalized.into_iter().enumerate() {
+                let reason = match (notes.reason(i), &norm) {
+                    (Some(r), _) => r,
+                    (None, Some(n)) if n.text.is_empty() => Reason::Empty,
+                    (None, Some(n)) if !seen.insert(n.digest) => Reason::ExactDuplicate,
+                    (None, Some(_)) => Reason::Kept,
+                    (None, None) => Reason::Empty,
+                };
+                stats.chars_in += notes.chars(i);
+                match norm {
+                    Some(n) if reason == Reason::Kept => {
+                        stats.add(reason, n.chars);
+                        kept_seq.push(seq);
+                        kept_ord.push(notes.ord(i));
+                        kept_text.push(n.text);
+                        band_keys.push(n.band_keys);
+                        seq += 1;
+                    }
+                    _ => stats.add(reason, notes.chars(i)),
                 }
-                _ => stats.add(reason, row.chars),
+                reasons.push(reason.as_str());
             }
-            decisions
-                .append_row(duckdb::params![
-                    build_id,
-                    row.source.as_str(),
-                    row.note_id,
-                    row.subject_id,
-                    row.hadm_id,
-                    row.category,
-                    reason.as_str()
-                ])
+            let ords = notes.ords();
+            outcome
+                .append_record_batch(
+                    RecordBatch::try_from_iter([
+                        ("ord", Arc::new(ords.clone()) as ArrayRef),
+                        ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
+                    ])
+                    .expect("columns of one length"),
+                )
                 .map_err(Error::catalog("writing decisions"))?;
-        }
-        decisions
-            .flush()
-            .map_err(Error::catalog("writing decisions"))?;
-        corpus
-            .flush()
+            kept.append_record_batch(
+                RecordBatch::try_from_iter([
+                    ("seq", Arc::new(Int64Array::from(kept_seq)) as ArrayRef),
+                    ("ord", Arc::new(Int64Array::from(kept_ord)) as ArrayRef),
+                    ("text", Arc::new(StringArray::from(kept_text)) as ArrayRef),
+                ])
+                .expect("columns of one length"),
+            )
             .map_err(Error::catalog("writing the corpus"))?;
-        reporter.advance(rows.len() as u64);
+            reporter.advance(notes.len() as u64);
+        }
     }
+    outcome
+        .flush()
+        .map_err(Error::catalog("writing decisions"))?;
+    kept.flush().map_err(Error::catalog("writing the corpus"))?;
+    drop((outcome, kept));
+    conn.execute(SELECT_PAPER.get("write_decisions"), [build_id])
+        .map_err(Error::catalog("writing decisions"))?;
+    conn.execute_batch(SELECT_PAPER.get("write_corpus"))
+        .map_err(Error::catalog("writing the corpus"))?;
     reporter.finish();
-    Ok(stats)
+    Ok(Decided { stats, band_keys })
+}
+
+/// The columns of one `note_batch` result.
+struct NoteBatch<'a> {
+    ord: &'a Int64Array,
+    source: &'a StringArray,
+    reason: &'a StringArray,
+    text: &'a StringArray,
+    chars: &'a Int64Array,
+}
+
+impl<'a> NoteBatch<'a> {
+    fn new(batch: &'a RecordBatch) -> Result<NoteBatch<'a>> {
+        fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize) -> Result<&'a T> {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<T>()
+                .ok_or_else(|| Error::Catalog {
+                    doing: "reading notes".into(),
+                    message: format!(
+                        "column {i} of a note batch has type {}",
+                        batch.column(i).data_type()
+                    ),
+                })
+        }
+        Ok(NoteBatch {
+            ord: column(batch, 0)?,
+            source: column(batch, 1)?,
+            reason: column(batch, 2)?,
+            text: column(batch, 3)?,
+            chars: column(batch, 4)?,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.ord.len()
+    }
+
+    fn ord(&self, i: usize) -> i64 {
+        self.ord.value(i)
+    }
+
+    fn ords(&self) -> Int64Array {
+        self.ord.clone()
+    }
+
+    fn source(&self, i: usize) -> Source {
+        Source::parse(self.source.value(i)).unwrap_or(Source::MimicIii)
+    }
+
+    /// The reason a set rule gave, if any.
+    fn reason(&self, i: usize) -> Option<Reason> {
+        (!self.reason.is_null(i))
+            .then(|| Reason::parse(self.reason.value(i)))
+            .flatten()
+    }
+
+    /// The raw text of a note no set rule dropped.
+    fn text(&self, i: usize) -> Option<&str> {
+        (!self.text.is_null(i)).then(|| self.text.value(i))
+    }
+
+    /// Characters of the raw text.
+    fn chars(&self, i: usize) -> u64 {
+        self.chars.value(i) as u64
+    }
 }
 
 fn digest128(text: &str) -> u128 {
