@@ -508,7 +508,7 @@ struct NoteBatch<'a> {
 
 impl<'a> NoteBatch<'a> {
     fn new(batch: &'a RecordBatch) -> Result<NoteBatch<'a>> {
-        fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize) -> Result<&'a T> {
+        fn column<T: 'static>(batch: &RecordBatch, i: usize) -> Result<&T> {
             batch
                 .column(i)
                 .as_any()
