@@ -5,7 +5,8 @@
 //! Pure and deterministic: the same texts and settings give the same clusters, whatever the
 //! thread count.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,104 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// FNV-1a hashes of the words of `text` (split at whitespace), each over its lower-cased
+/// alphanumeric characters; words with none are skipped. ASCII text takes a byte path that
+/// gives the same hashes as the `char` path.
+fn word_hashes(text: &str, seed: u64) -> Vec<u64> {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let start = OFFSET ^ seed;
+    let mut words = Vec::with_capacity(text.len() / 5);
+    if text.is_ascii() {
+        // char::is_whitespace on ASCII: space, \t, \n, \x0B, \x0C, \r.
+        let (mut h, mut any) = (start, false);
+        for &b in text.as_bytes() {
+            if matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r') {
+                if any {
+                    words.push(h);
+                }
+                (h, any) = (start, false);
+            } else if b.is_ascii_alphanumeric() {
+                any = true;
+                h ^= u64::from(b.to_ascii_lowercase());
+                h = h.wrapping_mul(PRIME);
+            }
+        }
+        if any {
+            words.push(h);
+        }
+        return words;
+    }
+    for w in text.split_whitespace() {
+        let mut h = start;
+        let mut any = false;
+        for c in w
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+        {
+            any = true;
+            h ^= c as u64;
+            h = h.wrapping_mul(PRIME);
+        }
+        if any {
+            words.push(h);
+        }
+    }
+    words
+}
+
+/// `sig[i] = min(sig[i], mul[i] * base + add[i])` over every shingle hash in `bases`; with
+/// AVX-512 (native 64-bit multiply and unsigned min) or AVX2 where the CPU has them: the same
+/// arithmetic, so the same result on every machine.
+fn min_hashes(sig: &mut [u64], mul: &[u64], add: &[u64], bases: &[u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+    {
+        #[allow(unsafe_code)] // a target-feature function; see SAFETY
+        // SAFETY: the CPU supports AVX-512 F and DQ, checked just above.
+        unsafe {
+            min_hashes_avx512(sig, mul, add, bases)
+        };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)] // a target-feature function; see SAFETY
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe {
+            min_hashes_avx2(sig, mul, add, bases)
+        };
+        return;
+    }
+    min_hashes_portable(sig, mul, add, bases);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn min_hashes_avx512(sig: &mut [u64], mul: &[u64], add: &[u64], bases: &[u64]) {
+    min_hashes_portable(sig, mul, add, bases);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn min_hashes_avx2(sig: &mut [u64], mul: &[u64], add: &[u64], bases: &[u64]) {
+    min_hashes_portable(sig, mul, add, bases);
+}
+
+#[inline(always)]
+fn min_hashes_portable(sig: &mut [u64], mul: &[u64], add: &[u64], bases: &[u64]) {
+    let n = sig.len().min(mul.len()).min(add.len());
+    let (sig, mul, add) = (&mut sig[..n], &mul[..n], &add[..n]);
+    for &base in bases {
+        for i in 0..n {
+            let h = mul[i].wrapping_mul(base).wrapping_add(add[i]);
+            sig[i] = sig[i].min(h);
+        }
+    }
+}
+
 impl MinHashConfig {
     /// The signature of one text: `bands * rows` minimum hashes over its shingles.
     pub fn signature(&self, text: &str) -> Vec<u64> {
@@ -48,42 +147,21 @@ impl MinHashConfig {
         // word hashes, and each of the `bands * rows` permutations is one multiply-add on
         // the mixed shingle hash (a bijection on u64 for odd multipliers): no allocation
         // per word or shingle.
-        let words: Vec<u64> = text
-            .split_whitespace()
-            .filter_map(|w| {
-                let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.seed;
-                let mut any = false;
-                for c in w
-                    .chars()
-                    .filter(|c| c.is_alphanumeric())
-                    .flat_map(char::to_lowercase)
-                {
-                    any = true;
-                    h ^= c as u64;
-                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
-                }
-                any.then_some(h)
-            })
-            .collect();
+        let words = word_hashes(text, self.seed);
         let n = self.bands * self.rows;
-        let perms: Vec<(u64, u64)> = (0..n as u64)
-            .map(|i| {
-                let a = mix(self.seed ^ (2 * i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
-                let b = mix(a ^ 0xD6E8_FEB8_6659_FD93);
-                (a, b)
-            })
-            .collect();
+        let (mut mul, mut add) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n as u64 {
+            let a = mix(self.seed ^ (2 * i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+            mul.push(a);
+            add.push(mix(a ^ 0xD6E8_FEB8_6659_FD93));
+        }
         let mut sig = vec![u64::MAX; n];
         let k = self.shingle_words.max(1).min(words.len().max(1));
-        for window in words.windows(k) {
-            let base = mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w)));
-            for (slot, &(a, b)) in sig.iter_mut().zip(&perms) {
-                let h = a.wrapping_mul(base).wrapping_add(b);
-                if h < *slot {
-                    *slot = h;
-                }
-            }
-        }
+        let bases: Vec<u64> = words
+            .windows(k)
+            .map(|window| mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w))))
+            .collect();
+        min_hashes(&mut sig, &mul, &add, &bases);
         sig
     }
 
@@ -296,6 +374,95 @@ mod tests {
         for (i, &root) in roots.iter().enumerate() {
             let want = if i % 2 == 1 { i - 1 } else { i };
             assert_eq!(root, want, "text {i}");
+        }
+    }
+
+    /// The signature as first written (char path only, one loop): the fast paths must give
+    /// the same values.
+    fn signature_reference(cfg: &MinHashConfig, text: &str) -> Vec<u64> {
+        let words: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|w| {
+                let mut h = 0xcbf2_9ce4_8422_2325u64 ^ cfg.seed;
+                let mut any = false;
+                for c in w
+                    .chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .flat_map(char::to_lowercase)
+                {
+                    any = true;
+                    h ^= c as u64;
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                any.then_some(h)
+            })
+            .collect();
+        let n = cfg.bands * cfg.rows;
+        let mut sig = vec![u64::MAX; n];
+        let k = cfg.shingle_words.max(1).min(words.len().max(1));
+        for window in words.windows(k) {
+            let base = mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w)));
+            for (i, slot) in sig.iter_mut().enumerate() {
+                let a = mix(cfg.seed ^ (2 * i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+                let b = mix(a ^ 0xD6E8_FEB8_6659_FD93);
+                *slot = (*slot).min(a.wrapping_mul(base).wrapping_add(b));
+            }
+        }
+        sig
+    }
+
+    #[test]
+    fn fast_paths_give_the_reference_signature() {
+        let texts = [
+            "",
+            "   \n\t ",
+            "one",
+            "a b",
+            "Pt is a 67 y.o. M w/ HTN, DM2 -- admitted [Name] on 2151-7-16.\n\n  Vitals: BP 120/80",
+            "tabs\tand\x0Bvertical\x0Ctabs\r\nand -- ... ,,, punctuation-only words !!",
+            "Ünïcode wörds: Straße, ΣΙΓΜΑ, İstanbul, ﬁne, 'quoted' and ascii MIXED Case",
+            "non-breaking\u{a0}space and ideographic\u{3000}space split words too",
+        ];
+        for cfg in [
+            MinHashConfig::default(),
+            MinHashConfig {
+                shingle_words: 1,
+                bands: 3,
+                rows: 5,
+                threshold: 0.5,
+                seed: 9,
+            },
+            MinHashConfig {
+                shingle_words: 3,
+                bands: 7,
+                rows: 3,
+                threshold: 0.5,
+                seed: 2,
+            },
+        ] {
+            for text in texts {
+                assert_eq!(
+                    cfg.signature(text),
+                    signature_reference(&cfg, text),
+                    "{text:?}"
+                );
+            }
+        }
+        let (mul, add) = ([3u64, 5, 7, 9, 11], [1u64, 2, 3, 4, u64::MAX]);
+        let bases = [0u64, 1, u64::MAX, 0x1234_5678_9abc_def0];
+        let (mut fast, mut plain) = (vec![u64::MAX; 5], vec![u64::MAX; 5]);
+        min_hashes(&mut fast, &mul, &add, &bases);
+        min_hashes_portable(&mut plain, &mul, &add, &bases);
+        assert_eq!(fast, plain);
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)] // each path only where the CPU has it
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![u64::MAX; 5];
+                // SAFETY: checked just above.
+                unsafe { min_hashes_avx2(&mut avx2, &mul, &add, &bases) };
+                assert_eq!(avx2, plain);
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! so a killed build never leaves a catalog that looks complete; a leftover temporary file is
 //! discarded by the next run, which starts over.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
