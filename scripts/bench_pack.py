@@ -70,6 +70,9 @@ def main():
                                      f"{work}/texts.json"], check=True, capture_output=True, text=True).stdout)
     ref_tps = ref["tokens"] / ref["seconds"]
     print(f"notes {ours['notes']}, tokens {ours['tokens']}, cpus {os.cpu_count()}")
+    if ours["differing_notes"]:
+        sys.exit(f"ehrprep's ids differ from plain tokenizers on {ours['differing_notes']} notes")
+    print(f"ehrprep word cache in use: {ours['word_cache']}; ids identical to plain tokenizers on all notes")
     print(f"plain tokenizers encode_batch (limit): {ours['encode_tokens_per_s']:,.0f} tokens/s")
     print(f"ehrprep tokenize+pack:                 {ours['pack_tokens_per_s']:,.0f} tokens/s "
           f"(limit / ehrprep = {ours['encode_tokens_per_s'] / ours['pack_tokens_per_s']:.2f}); "

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::shards::{self, PackConfig, Packer, Split};
+use crate::shards::{PackConfig, Packer, Split};
 use crate::{Error, Result};
 
 #[derive(Debug, Serialize)]
@@ -17,6 +17,11 @@ pub struct PackBench {
     pub encode_tokens_per_s: f64,
     /// ehrprep's batches of 4096 notes, streamed into shards.
     pub pack_tokens_per_s: f64,
+    /// Whether ehrprep's word-cache path is in use for this tokenizer.
+    pub word_cache: bool,
+    /// Notes whose ehrprep ids differ from plain `tokenizers` ids (checked after timing;
+    /// must be 0).
+    pub differing_notes: usize,
 }
 
 /// Reads the corpus of a finished build and times both paths.
@@ -35,8 +40,10 @@ pub fn pack(catalog: &Path, tokenizer: &Path, scratch: &Path) -> Result<PackBenc
     let start = Instant::now();
     let mut tokens = 0u64;
     for chunk in texts.chunks(4096) {
-        let ids = shards::encode_batch(&tok, chunk.to_vec())?;
-        tokens += ids.iter().map(|ids| ids.len() as u64).sum::<u64>();
+        tokens += plain(&tok, chunk)?
+            .iter()
+            .map(|e| e.len() as u64)
+            .sum::<u64>();
     }
     let encode_s = start.elapsed().as_secs_f64();
 
@@ -49,17 +56,36 @@ pub fn pack(catalog: &Path, tokenizer: &Path, scratch: &Path) -> Result<PackBenc
         tok.get_vocab_size(true),
         PackConfig::default(),
     );
+    let encoder = crate::encoder::Encoder::new(&tok);
     for chunk in texts.chunks(4096) {
-        for ids in shards::encode_batch(&tok, chunk.to_vec())? {
+        for ids in encoder.encode_batch(chunk)? {
             packer.push(&ids)?;
         }
     }
     packer.finish()?;
     let pack_s = start.elapsed().as_secs_f64();
+
+    let mut differing_notes = 0;
+    for chunk in texts.chunks(4096) {
+        let ours = encoder.encode_batch(chunk)?;
+        let theirs = plain(&tok, chunk)?;
+        differing_notes += ours
+            .iter()
+            .zip(&theirs)
+            .filter(|(a, b)| a.as_slice() != b.get_ids())
+            .count();
+    }
     Ok(PackBench {
         notes: texts.len(),
         tokens,
         encode_tokens_per_s: tokens as f64 / encode_s,
         pack_tokens_per_s: tokens as f64 / pack_s,
+        word_cache: encoder.is_fast(),
+        differing_notes,
     })
+}
+
+fn plain(tok: &tokenizers::Tokenizer, texts: &[String]) -> Result<Vec<tokenizers::Encoding>> {
+    tok.encode_batch_fast(texts.to_vec(), true)
+        .map_err(|e| Error::Invalid(format!("tokenizing: {e}")))
 }

@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod cli;
 pub mod dedup;
 pub mod discover;
+pub mod encoder;
 mod error;
 pub mod evaluate;
 pub mod experiment;

@@ -207,6 +207,7 @@ pub fn run(
     let mut batch_stmt = conn
         .prepare(PACK.get("batch_in_order"))
         .map_err(Error::catalog("reading the corpus"))?;
+    let encoder = crate::encoder::Encoder::new(&tok);
     reporter.start("tokenizing", order.len() as u64, "notes");
     for split in [Split::Train, Split::Validation] {
         let in_split: Vec<_> = order.iter().filter(|o| o.0 == split).collect();
@@ -221,7 +222,7 @@ pub fn run(
                 .and_then(|rows| rows.collect())
                 .map_err(Error::catalog("reading the corpus"))?;
             let n = texts.len() as u64;
-            for ids in shards::encode_batch(&tok, texts)? {
+            for ids in encoder.encode_batch(&texts)? {
                 packer.push(&ids)?;
             }
             reporter.advance(n);

@@ -14,7 +14,6 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokenizers::Tokenizer;
 
 use crate::tokenizer::hex;
 use crate::{Error, Result};
@@ -379,17 +378,6 @@ impl MappedShard {
         let at = (i - self.starts[b]) * self.width;
         &self.batches[b][at..at + self.width]
     }
-}
-
-/// Encodes texts in parallel; each result ends in `</s>`.
-pub fn encode_batch(tok: &Tokenizer, texts: Vec<String>) -> Result<Vec<Vec<u32>>> {
-    let encodings = tok
-        .encode_batch_fast(texts, true)
-        .map_err(|e| Error::Invalid(format!("tokenizing: {e}")))?;
-    Ok(encodings
-        .into_iter()
-        .map(|e| e.get_ids().to_vec())
-        .collect())
 }
 
 #[cfg(test)]

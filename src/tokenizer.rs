@@ -83,6 +83,11 @@ fn pipeline(model: Unigram) -> Result<Tokenizer> {
     Ok(tok)
 }
 
+/// ehrprep's pipeline around an empty model, to compare a loaded tokenizer's parts with.
+pub(crate) fn pipeline_parts() -> Result<Tokenizer> {
+    pipeline(Unigram::default())
+}
+
 /// Removes characters rarer than `min_count` from the training texts (and the tags, which
 /// become added tokens and need no pieces).
 pub fn clean_sample(texts: &[String], min_count: u64) -> Vec<String> {
@@ -282,11 +287,11 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Words built from syllables: enough distinct pieces for a few hundred-piece vocabulary.
-    fn corpus() -> Vec<String> {
+    pub(crate) fn corpus() -> Vec<String> {
         const SYLLABLES: &[&str] = &[
             "car", "dio", "pul", "mo", "nary", "hep", "ato", "neph", "ro", "gas", "tro", "en",
             "ter", "itis", "ectomy", "scopy", "hyper", "hypo", "tension", "glyc", "emia", "brady",
@@ -311,7 +316,7 @@ mod tests {
             .collect()
     }
 
-    fn small() -> TokenizerConfig {
+    pub(crate) fn small() -> TokenizerConfig {
         TokenizerConfig {
             vocab_size: 300,
             sample_chars: usize::MAX,
