@@ -168,83 +168,130 @@ impl MinHashConfig {
     /// Clusters near-duplicate texts. Returns, per text, the index of its cluster's first
     /// member (itself when it has no near duplicate earlier in the list).
     pub fn clusters(&self, texts: &[&str]) -> Vec<usize> {
-        let sigs: Vec<Vec<u64>> = texts.par_iter().map(|t| self.signature(t)).collect();
-        let mut uf = UnionFind::new(texts.len());
-        for band in 0..self.bands {
-            let mut buckets: HashMap<u64, Vec<usize>> = HashMap::new();
-            for (i, sig) in sigs.iter().enumerate() {
-                let rows = &sig[band * self.rows..(band + 1) * self.rows];
-                let key = rows.iter().fold(band as u64, |h, &r| mix(h ^ r));
-                buckets.entry(key).or_default().push(i);
-            }
-            let mut keys: Vec<u64> = buckets.keys().copied().collect();
-            keys.sort_unstable();
-            for key in keys {
-                let members = &buckets[&key];
-                let first = members[0];
-                for &other in &members[1..] {
-                    if uf.find(first) != uf.find(other)
-                        && similarity(&sigs[first], &sigs[other]) >= self.threshold
-                    {
-                        uf.union(first, other);
-                    }
-                }
-            }
+        let mut sketches = Sketches::new(self);
+        for sketch in texts.par_iter().map(|t| self.sketch(t)).collect::<Vec<_>>() {
+            sketches.push(&sketch);
         }
-        (0..texts.len()).map(|i| uf.find(i)).collect()
+        sketches.clusters(self.threshold)
     }
-}
 
-impl MinHashConfig {
-    /// One key per band: a hash of the band's rows. Notes sharing a key are candidates.
-    pub fn band_keys(&self, text: &str) -> Vec<u64> {
+    /// What the build keeps of one note: its band keys, and one byte of each minimum hash
+    /// to check a candidate pair's similarity (b-bit MinHash).
+    pub fn sketch(&self, text: &str) -> Sketch {
         let sig = self.signature(text);
-        (0..self.bands)
-            .map(|band| {
-                sig[band * self.rows..(band + 1) * self.rows]
-                    .iter()
-                    .fold(band as u64, |h, &r| mix(h ^ r))
-            })
-            .collect()
+        Sketch {
+            keys: (0..self.bands)
+                .map(|band| {
+                    sig[band * self.rows..(band + 1) * self.rows]
+                        .iter()
+                        .fold(band as u64, |h, &r| mix(h ^ r))
+                })
+                .collect(),
+            // A byte of the mixed value: a minimum's high bits are mostly zero.
+            bits: sig.iter().map(|&h| mix(h) as u8).collect(),
+        }
     }
 }
 
-/// Clusters notes from their band keys alone (datatrove's approach: a shared band makes
-/// a pair, with no second check), so memory per note is `bands` keys, not a signature.
-/// Returns each note's cluster root: the index of its cluster's first note.
-pub fn clusters_from_keys(keys: &[Vec<u64>], bands: usize) -> Vec<usize> {
-    let mut uf = UnionFind::new(keys.len());
-    for band in 0..bands {
-        let mut first: HashMap<u64, usize> = HashMap::new();
-        for (i, k) in keys.iter().enumerate() {
-            match first.get(&k[band]) {
-                Some(&j) => uf.union(j, i),
-                None => {
-                    first.insert(k[band], i);
+/// One note's band keys and minimum-hash bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sketch {
+    pub keys: Vec<u64>,
+    pub bits: Vec<u8>,
+}
+
+/// The sketches of many notes, stored flat: `bands` keys and `bands * rows` bytes a note
+/// (224 bytes with the default settings).
+#[derive(Debug, Clone)]
+pub struct Sketches {
+    bands: usize,
+    hashes: usize,
+    keys: Vec<u64>,
+    bits: Vec<u8>,
+}
+
+/// Notes kept per band key to compare a newcomer with; bounds the work on keys that very
+/// many templated notes share.
+const REPRESENTATIVES: usize = 4;
+
+impl Sketches {
+    pub fn new(config: &MinHashConfig) -> Sketches {
+        Sketches {
+            bands: config.bands,
+            hashes: config.bands * config.rows,
+            keys: Vec::new(),
+            bits: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, sketch: &Sketch) {
+        assert_eq!(sketch.keys.len(), self.bands, "sketch of other settings");
+        assert_eq!(sketch.bits.len(), self.hashes, "sketch of other settings");
+        self.keys.extend_from_slice(&sketch.keys);
+        self.bits.extend_from_slice(&sketch.bits);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len() / self.bands.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Estimated Jaccard similarity of notes `a` and `b`: the fraction of equal bytes,
+    /// corrected for bytes that agree by chance (1 in 256).
+    pub fn similarity(&self, a: usize, b: usize) -> f64 {
+        let (x, y) = (
+            &self.bits[a * self.hashes..(a + 1) * self.hashes],
+            &self.bits[b * self.hashes..(b + 1) * self.hashes],
+        );
+        let same = x.iter().zip(y).filter(|(p, q)| p == q).count() as f64;
+        let chance = 1.0 / 256.0;
+        ((same / self.hashes.max(1) as f64 - chance) / (1.0 - chance)).max(0.0)
+    }
+
+    /// Clusters the notes: a pair sharing a band key is joined when its estimated
+    /// similarity reaches `threshold` (the LSH candidates, checked). Returns each note's
+    /// cluster root, the index of its cluster's first note.
+    pub fn clusters(&self, threshold: f64) -> Vec<usize> {
+        let n = self.len();
+        let mut uf = UnionFind::new(n);
+        for band in 0..self.bands {
+            let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
+            for i in 0..n {
+                let reps = seen.entry(self.keys[i * self.bands + band]).or_default();
+                if reps.iter().any(|&j| uf.find(j) == uf.find(i)) {
+                    continue;
+                }
+                match reps.iter().find(|&&j| self.similarity(j, i) >= threshold) {
+                    Some(&j) => uf.union(j, i),
+                    None if reps.len() < REPRESENTATIVES => reps.push(i),
+                    None => {}
                 }
             }
         }
+        (0..n).map(|i| uf.find(i)).collect()
     }
-    (0..keys.len()).map(|i| uf.find(i)).collect()
 }
 
-/// Finds near duplicates among the kept notes of a build from their band keys (`keys[seq]`,
-/// computed during normalization), records every cluster in `dedup_clusters`, and with
-/// `remove` moves all but each cluster's first note out of the corpus with reason
+/// Finds near duplicates among the kept notes of a build from their sketches (note `seq`
+/// at index `seq`, made during normalization), records every cluster in `dedup_clusters`,
+/// and with `remove` moves all but each cluster's first note out of the corpus with reason
 /// `near_duplicate`. Returns how many notes are near duplicates of an earlier one, and their
 /// characters.
 pub fn run(
     conn: &duckdb::Connection,
     build_id: &str,
     config: &MinHashConfig,
-    keys: &[Vec<u64>],
+    sketches: &Sketches,
     remove: bool,
 ) -> crate::Result<(u64, u64)> {
     use crate::Error;
     use crate::sql::DEDUP;
     conn.execute_batch(DEDUP.get("schema"))
         .map_err(Error::catalog("creating dedup tables"))?;
-    let roots = clusters_from_keys(keys, config.bands);
+    let roots = sketches.clusters(config.threshold);
     let mut size = vec![0u32; roots.len()];
     for &r in &roots {
         size[r] += 1;
@@ -358,23 +405,59 @@ mod tests {
     }
 
     #[test]
-    fn band_keys_alone_find_the_copies() {
-        let mut rng = Rng::new(9);
-        let mut texts: Vec<String> = Vec::new();
-        for _ in 0..100 {
-            texts.push(random_text(&mut rng, 150));
-            let mut words: Vec<String> =
-                texts.last().unwrap().split(' ').map(String::from).collect();
-            words[70] = "changed".into();
-            texts.push(words.join(" "));
-        }
+    fn shared_band_keys_join_only_similar_notes() {
+        let cfg = MinHashConfig {
+            shingle_words: 1,
+            bands: 2,
+            rows: 2,
+            threshold: 0.7,
+            seed: 1,
+        };
+        let mut sketches = Sketches::new(&cfg);
+        let sketch = |keys: [u64; 2], bits: [u8; 4]| Sketch {
+            keys: keys.to_vec(),
+            bits: bits.to_vec(),
+        };
+        sketches.push(&sketch([1, 2], [1, 2, 3, 4]));
+        // Shares band 0 but agrees on 2 of 4 bytes: a band collision, not a near copy.
+        sketches.push(&sketch([1, 3], [1, 2, 9, 9]));
+        // Shares band 1 with note 0 and agrees on every byte.
+        sketches.push(&sketch([4, 2], [1, 2, 3, 4]));
+        // Shares band 0 with notes 0 and 1; close to note 1 only.
+        sketches.push(&sketch([1, 5], [1, 2, 9, 9]));
+        assert!(sketches.similarity(0, 1) < 0.7 && sketches.similarity(0, 2) == 1.0);
+        assert_eq!(sketches.clusters(0.7), [0, 1, 0, 1]);
+        assert_eq!(sketches.clusters(0.4), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn byte_similarity_tracks_jaccard() {
         let cfg = MinHashConfig::default();
-        let keys: Vec<Vec<u64>> = texts.iter().map(|t| cfg.band_keys(t)).collect();
-        let roots = clusters_from_keys(&keys, cfg.bands);
-        for (i, &root) in roots.iter().enumerate() {
-            let want = if i % 2 == 1 { i - 1 } else { i };
-            assert_eq!(root, want, "text {i}");
+        let mut rng = Rng::new(11);
+        let base: Vec<String> = (0..400)
+            .map(|i| format!("w{}", rng.range(0, 1_000_000) + i))
+            .collect();
+        let mut sketches = Sketches::new(&cfg);
+        sketches.push(&cfg.sketch(&base.join(" ")));
+        // Replacing every 20th word leaves about 3/4 of the 5-word shingles shared; every
+        // 4th, none.
+        for step in [20, 4] {
+            let edited: Vec<String> = base
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    if i % step == 0 {
+                        format!("x{i}")
+                    } else {
+                        w.clone()
+                    }
+                })
+                .collect();
+            sketches.push(&cfg.sketch(&edited.join(" ")));
         }
+        let (close, far) = (sketches.similarity(0, 1), sketches.similarity(0, 2));
+        assert!((0.55..0.9).contains(&close), "{close}");
+        assert!(far < 0.1, "{far}");
     }
 
     /// The signature as first written (char path only, one loop): the fast paths must give

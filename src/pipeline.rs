@@ -18,6 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, CATALOG_FILE};
+use crate::dedup::{Sketch, Sketches};
 use crate::discover::{self, Inputs};
 use crate::ingest::{self, FileStats};
 use crate::normalize::{Deid, normalize};
@@ -184,12 +185,12 @@ fn build_into(
 
     let Decided {
         mut stats,
-        band_keys,
+        sketches,
     } = normalize_and_decide(&conn, config, &build_id, reporter)?;
     stage_done("normalize");
     let remove = config.recipe == Recipe::Strict;
     let (near, near_chars) =
-        crate::dedup::run(&conn, &build_id, &config.minhash, &band_keys, remove)?;
+        crate::dedup::run(&conn, &build_id, &config.minhash, &sketches, remove)?;
     if remove {
         stats.move_notes(Reason::Kept, Reason::NearDuplicate, near, near_chars);
     }
@@ -369,19 +370,19 @@ fn build_id(config_json: &str, inputs_json: &str) -> String {
 }
 
 /// A note after normalization: its text, a digest of it, its characters and its MinHash
-/// band keys (computed here, in parallel, so de-duplication never reads the corpus back).
+/// sketch (computed here, in parallel, so de-duplication never reads the corpus back).
 struct Normalized {
     text: String,
     digest: u128,
     chars: u64,
-    band_keys: Vec<u64>,
+    sketch: Sketch,
 }
 
-/// What normalization hands on: the statistics, and per kept note (in `seq` order) its
-/// MinHash band keys.
+/// What normalization hands on: the statistics, and the kept notes' MinHash sketches in
+/// `seq` order.
 struct Decided {
     stats: BuildStats,
-    band_keys: Vec<Vec<u64>>,
+    sketches: Sketches,
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
@@ -401,7 +402,7 @@ fn normalize_and_decide(
         .map_err(Error::catalog("counting notes"))?;
     reporter.start("normalizing", total, "notes");
     let mut stats = BuildStats::default();
-    let mut band_keys = Vec::new();
+    let mut sketches = Sketches::new(&config.minhash);
     let mut seen: HashSet<u128> = HashSet::new();
     let mut seq: i64 = 0;
     let batch = config.batch_notes.max(1) as i64;
@@ -431,7 +432,7 @@ fn normalize_and_decide(
                         Normalized {
                             digest: digest128(&text),
                             chars: text.chars().count() as u64,
-                            band_keys: config.minhash.band_keys(&text),
+                            sketch: config.minhash.sketch(&text),
                             text,
                         }
                     })
@@ -455,7 +456,7 @@ fn normalize_and_decide(
                         kept_seq.push(seq);
                         kept_ord.push(notes.ord(i));
                         kept_text.push(n.text);
-                        band_keys.push(n.band_keys);
+                        sketches.push(&n.sketch);
                         seq += 1;
                     }
                     _ => stats.add(reason, notes.chars(i)),
@@ -494,7 +495,7 @@ fn normalize_and_decide(
     conn.execute_batch(SELECT_PAPER.get("write_corpus"))
         .map_err(Error::catalog("writing the corpus"))?;
     reporter.finish();
-    Ok(Decided { stats, band_keys })
+    Ok(Decided { stats, sketches })
 }
 
 /// The columns of one `note_batch` result.
