@@ -463,11 +463,10 @@ fn normalize_and_decide(
                 }
                 reasons.push(reason.as_str());
             }
-            let ords = notes.ords();
             outcome
                 .append_record_batch(
                     RecordBatch::try_from_iter([
-                        ("ord", Arc::new(ords.clone()) as ArrayRef),
+                        ("ord", Arc::new(notes.ords()) as ArrayRef),
                         ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
                     ])
                     .expect("columns of one length"),
