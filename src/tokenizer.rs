@@ -10,17 +10,21 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use foldhash::HashMap;
+use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
-use tokenizers::models::TrainerWrapper;
 use tokenizers::models::unigram::{Unigram, UnigramTrainer};
 use tokenizers::normalizers::{NFKC, Replace, Sequence as NormalizerSequence, Strip};
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{
+    AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
+    PreTokenizer, Tokenizer,
+};
 
 use crate::normalize::TAGS;
 use crate::{Error, Result};
@@ -114,8 +118,19 @@ pub fn clean_sample(texts: &[String], min_count: u64) -> Vec<String> {
 /// Trains a tokenizer on `texts` (already sampled) and lays it out like T5's.
 pub fn train(texts: &[String], config: &TokenizerConfig) -> Result<Tokenizer> {
     let sample = clean_sample(texts, config.min_char_count);
-    let mut tok = pipeline(Unigram::default())?;
-    let trainer = UnigramTrainer::builder()
+    let trainer = unigram_trainer(config)?;
+    let words = word_counts(&pipeline(Unigram::default())?, &sample)?;
+    let mut model = Unigram::default();
+    let special = serial(|| trainer.do_train(words, &mut model)).map_err(tk_error("training"))?;
+    let mut tok = pipeline(model)?;
+    tok.add_special_tokens(&special);
+    canonicalize(&mut tok)?;
+    finish_layout(&mut tok)?;
+    Ok(tok)
+}
+
+fn unigram_trainer(config: &TokenizerConfig) -> Result<UnigramTrainer> {
+    UnigramTrainer::builder()
         .show_progress(false)
         .vocab_size(config.vocab_size)
         .special_tokens(vec![
@@ -126,22 +141,93 @@ pub fn train(texts: &[String], config: &TokenizerConfig) -> Result<Tokenizer> {
         .unk_token(Some(UNK.to_string()))
         .max_piece_length(16)
         .build()
-        .map_err(|e| Error::Invalid(format!("tokenizer: configuring the trainer: {e}")))?;
-    let mut trainer = TrainerWrapper::UnigramTrainer(trainer);
-    {
-        // Parallel EM sums floats in a varying order; serial training gives the same
-        // tokenizer every time. The switch is process-wide, hence the lock.
-        static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
-        let parallel = tokenizers::utils::parallelism::get_parallelism();
-        tokenizers::utils::parallelism::set_parallelism(false);
-        let trained = tok.train(&mut trainer, sample.iter()).map(|_| ());
-        tokenizers::utils::parallelism::set_parallelism(parallel);
-        trained.map_err(tk_error("training"))?;
+        .map_err(|e| Error::Invalid(format!("tokenizer: configuring the trainer: {e}")))
+}
+
+/// Runs `f` with the `tokenizers` parallelism off: parallel EM sums floats in a varying
+/// order, serial training gives the same tokenizer every time. The switch is process-wide,
+/// hence the lock.
+fn serial<T>(f: impl FnOnce() -> T) -> T {
+    static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let parallel = tokenizers::utils::parallelism::get_parallelism();
+    tokenizers::utils::parallelism::set_parallelism(false);
+    let out = f();
+    tokenizers::utils::parallelism::set_parallelism(parallel);
+    out
+}
+
+/// The trainer's input: each pre-tokenized word of the sample with its count, sorted. The
+/// same words the tokenizer's own pipeline gives (normalizer, then pre-tokenizer), counted
+/// in parallel; ASCII text takes a direct path (NFKC is the identity there, whitespace runs
+/// separate words, each word gets `▁` and its digits are split off one by one), which tests
+/// hold to the pipeline's words.
+fn word_counts(tok: &Tokenizer, sample: &[String]) -> Result<Vec<(String, u32)>> {
+    let counts = sample
+        .par_iter()
+        .try_fold(HashMap::<String, u32>::default, |mut counts, text| {
+            for word in pre_tokenized_words(tok, text)? {
+                *counts.entry(word).or_default() += 1;
+            }
+            Ok::<_, Error>(counts)
+        })
+        .try_reduce(HashMap::default, |mut a, b| {
+            for (word, n) in b {
+                *a.entry(word).or_default() += n;
+            }
+            Ok(a)
+        })?;
+    let mut words: Vec<(String, u32)> = counts.into_iter().collect();
+    words.sort_unstable();
+    Ok(words)
+}
+
+/// The words the trainer sees for one text.
+fn pre_tokenized_words(tok: &Tokenizer, text: &str) -> Result<Vec<String>> {
+    if text.is_ascii() {
+        let mut words = Vec::new();
+        for w in text
+            .split([' ', '\t', '\n', '\x0B', '\x0C', '\r'])
+            .filter(|w| !w.is_empty())
+        {
+            let mut current = String::from("▁");
+            for c in w.chars() {
+                if c.is_ascii_digit() {
+                    if !current.is_empty() {
+                        words.push(std::mem::take(&mut current));
+                    }
+                    words.push(c.to_string());
+                } else {
+                    current.push(c);
+                }
+            }
+            if !current.is_empty() {
+                words.push(current);
+            }
+        }
+        return Ok(words);
     }
-    canonicalize(&mut tok)?;
-    finish_layout(&mut tok)?;
-    Ok(tok)
+    pipeline_words(tok, text)
+}
+
+/// The words of `text` through the tokenizer's normalizer and pre-tokenizer (what
+/// `Tokenizer::train` feeds the trainer when there are no added tokens).
+fn pipeline_words(tok: &Tokenizer, text: &str) -> Result<Vec<String>> {
+    let mut normalized = NormalizedString::from(text);
+    if let Some(n) = tok.get_normalizer() {
+        n.normalize(&mut normalized)
+            .map_err(tk_error("normalizing the sample"))?;
+    }
+    let mut pre = PreTokenizedString::from(normalized);
+    if let Some(p) = tok.get_pre_tokenizer() {
+        p.pre_tokenize(&mut pre)
+            .map_err(tk_error("pre-tokenizing the sample"))?;
+    }
+    Ok(pre
+        .get_splits(OffsetReferential::Original, OffsetType::Byte)
+        .into_iter()
+        .map(|(s, _, _)| s.to_owned())
+        .collect())
 }
 
 /// Makes the trained vocabulary independent of hash-map order inside the trainer. The
@@ -314,6 +400,49 @@ pub(crate) mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn training_matches_tokenizers_own_training() {
+        let config = small();
+        let ours = train(&corpus(), &config).unwrap();
+        // The reference: `Tokenizer::train`, which feeds the trainer through the pipeline.
+        let sample = clean_sample(&corpus(), config.min_char_count);
+        let mut reference = pipeline(Unigram::default()).unwrap();
+        let mut trainer =
+            tokenizers::models::TrainerWrapper::UnigramTrainer(unigram_trainer(&config).unwrap());
+        serial(|| reference.train(&mut trainer, sample.iter()).map(|_| ())).unwrap();
+        canonicalize(&mut reference).unwrap();
+        finish_layout(&mut reference).unwrap();
+        assert_eq!(
+            ours.to_string(true).unwrap(),
+            reference.to_string(true).unwrap()
+        );
+    }
+
+    #[test]
+    fn direct_words_are_the_pipelines_words() {
+        let tok = pipeline(Unigram::default()).unwrap();
+        let mut texts = corpus();
+        texts.extend(
+            [
+                "",
+                "  ",
+                "a1b22c 333 x9 9x 1.5mg 10:45 -- 120/80",
+                "\ttabs\nand\r\nlines\x0Bvt\x0Cff  end ",
+                "punct!!! (x) [y] {z} \"q\" 'r' `s` ~ ^ | \\ / < >",
+                "control \x01\x02 \x7f chars",
+                "ünïcode ﬁne ① ２３ and\u{a0}nbsp",
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            assert_eq!(
+                pre_tokenized_words(&tok, text).unwrap(),
+                pipeline_words(&tok, text).unwrap(),
+                "{text:?}"
+            );
+        }
     }
 
     pub(crate) fn small() -> TokenizerConfig {
