@@ -96,7 +96,10 @@ impl FastPath {
             .match_kind(MatchKind::LeftmostLongest)
             .build(added.iter().map(|(content, _)| content))
             .ok()?;
-        // The post-processor must append exactly `</s>` and nothing else.
+        // No truncation or padding, and the post-processor appends exactly `</s>`.
+        if tok.get_truncation().is_some() || tok.get_padding().is_some() {
+            return None;
+        }
         let eos = tok.token_to_id(crate::tokenizer::EOS)?;
         let with = slow(tok, "a", true).ok()?;
         let without = slow(tok, "a", false).ok()?;
@@ -186,6 +189,7 @@ mod tests {
         "Zebra QUIXOTIC jq vwx -- words the model never saw: qqqq zzzz",
         "tabs\tand\nnew\r\nlines\x0Band\x0Cfeeds",
         "control \x01\x02 chars \x7f stay",
+        "separators\x1cfile\x1dgroup\x1erecord\x1funit \x1c \x1f",
         "  [Name]  ",
         "[Nam e] [name] [NAME] [Name",
         "mixed ascii and non-ascii: café naïve Straße ﬁne ①",
@@ -202,7 +206,7 @@ mod tests {
         );
         let mut texts: Vec<String> = TRICKY.iter().map(|s| s.to_string()).collect();
         let mut rng = crate::synth::Rng::new(3);
-        let alphabet: Vec<String> = " \t\n\x0Babc XYZ019.,-/[]<>#_:;'\"()!?"
+        let alphabet: Vec<String> = " \t\n\x0B\x0C\r\x1c\x1fabc XYZ019.,-/[]<>#_:;'\"()!?"
             .chars()
             .map(String::from)
             .collect();

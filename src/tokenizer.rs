@@ -431,7 +431,7 @@ pub(crate) mod tests {
                 "a1b22c 333 x9 9x 1.5mg 10:45 -- 120/80",
                 "\ttabs\nand\r\nlines\x0Bvt\x0Cff  end ",
                 "punct!!! (x) [y] {z} \"q\" 'r' `s` ~ ^ | \\ / < >",
-                "control \x01\x02 \x7f chars",
+                "control \x01\x02 \x7f chars \x1c\x1d\x1e\x1f seps",
                 "ünïcode ﬁne ① ２３ and\u{a0}nbsp",
             ]
             .map(String::from),
