@@ -29,8 +29,35 @@ pub struct Chart {
     pub width: usize,
     pub height: usize,
     pub series: Vec<Series>,
-    /// Log scale on x (for training fractions).
+    /// Log scale on x (for training fractions, ticked at the paper's fractions).
     pub log_x: bool,
+    /// A fixed y range (metrics: 0 to 1); otherwise round ticks around the data.
+    pub y_range: Option<(f64, f64)>,
+}
+
+/// The training fractions the paper reports, as x ticks on a log axis.
+const FRACTION_TICKS: [f64; 5] = [0.01, 0.05, 0.1, 0.25, 1.0];
+
+/// Round tick values covering `lo..=hi`: steps of 1, 2, 2.5 or 5 times a power of ten, about
+/// `target` intervals.
+fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    let (lo, hi) = if hi - lo < 1e-12 {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    };
+    let raw = ((hi - lo) / target.max(1) as f64).max(1e-12);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * magnitude);
+    let first = (lo / step + 1e-9).floor();
+    let last = (hi / step - 1e-9).ceil().max(first + 1.0);
+    (0..=(last - first) as usize)
+        .map(|i| (first + i as f64) * step)
+        .collect()
 }
 
 const MARGIN_LEFT: usize = 48;
@@ -162,18 +189,24 @@ impl Chart {
         if !x0.is_finite() {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
-        if self.log_x {
+        if let Some(range) = self.y_range {
+            (y0, y1) = (y0.min(range.0), y1.max(range.1));
+        }
+        let y_ticks = nice_ticks(y0, y1, 4);
+        let x_ticks = if self.log_x {
             // Training fractions: always show 1% to 100%.
-            (x0, x1) = (x0.min(-2.0), x1.max(0.0));
+            FRACTION_TICKS.to_vec()
+        } else {
+            nice_ticks(x0, x1, 4)
+        };
+        (y0, y1) = (y_ticks[0], y_ticks[y_ticks.len() - 1]);
+        (x0, x1) = (tx(x_ticks[0]), tx(x_ticks[x_ticks.len() - 1]));
+        if self.log_x {
+            (x0, x1) = (
+                x0.min(all.iter().map(|p| p.0).fold(x0, f64::min)),
+                x1.max(0.0),
+            );
         }
-        if x1 - x0 < 1e-12 {
-            (x0, x1) = (x0 - 0.5, x1 + 0.5);
-        }
-        if y1 - y0 < 1e-12 {
-            (y0, y1) = (y0 - 0.5, y1 + 0.5);
-        }
-        let pad = (y1 - y0) * 0.05;
-        (y0, y1) = (y0 - pad, y1 + pad);
         let (left, right) = (MARGIN_LEFT as f64, (self.width - MARGIN) as f64);
         let (top, bottom) = (MARGIN as f64, (self.height - MARGIN_BOTTOM) as f64);
         let px = |x: f64, y: f64| {
@@ -184,16 +217,15 @@ impl Chart {
         };
         let grey = [200, 200, 200];
         let ink = [60, 60, 60];
-        for i in 0..=4 {
-            let y = y0 + (y1 - y0) * i as f64 / 4.0;
-            let (_, yy) = px(if self.log_x { 10f64.powf(x0) } else { x0 }, y);
+        for &y in &y_ticks {
+            let (_, yy) = px(x_ticks[0], y);
             c.line((left as i64, yy), (right as i64, yy), grey);
             c.text(2, yy - 5, &label(y), ink);
-            let xv = x0 + (x1 - x0) * i as f64 / 4.0;
-            let shown = if self.log_x { 10f64.powf(xv) } else { xv };
-            let (xx, _) = px(shown, y0);
+        }
+        for &x in &x_ticks {
+            let (xx, _) = px(x, y0);
             c.line((xx, top as i64), (xx, bottom as i64), grey);
-            c.text(xx - 12, bottom as i64 + 6, &label(shown), ink);
+            c.text(xx - 12, bottom as i64 + 6, &label(x), ink);
         }
         c.line(
             (left as i64, bottom as i64),
@@ -268,6 +300,7 @@ mod tests {
                 markers: false,
             }],
             log_x: false,
+            y_range: None,
         };
         let px = chart.render();
         let at = |x: usize, y: usize| &px[(y * 200 + x) * 3..(y * 200 + x) * 3 + 3];
@@ -276,12 +309,23 @@ mod tests {
         let near = |x: usize, y: usize| {
             (x - 2..=x + 2).any(|xx| (y - 2..=y + 2).any(|yy| at(xx, yy) == red))
         };
-        assert!(near(MARGIN_LEFT, 120 - MARGIN_BOTTOM - 5));
-        assert!(near(200 - MARGIN, MARGIN + 5));
+        // Round ticks from 0 to 1: the line runs corner to corner of the plot area.
+        assert!(near(MARGIN_LEFT + 2, 120 - MARGIN_BOTTOM - 2));
+        assert!(near(200 - MARGIN - 2, MARGIN + 2));
         assert!(
             !near(MARGIN_LEFT + 5, MARGIN + 5),
             "nothing red in the top-left"
         );
+    }
+
+    #[test]
+    fn ticks_are_round_and_cover_the_data() {
+        assert_eq!(nice_ticks(0.0, 1.0, 4), [0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(nice_ticks(4.3, 11.3, 4), [4.0, 6.0, 8.0, 10.0, 12.0]);
+        assert_eq!(nice_ticks(1.0, 30.0, 4), [0.0, 10.0, 20.0, 30.0]);
+        let t = nice_ticks(-0.043, 0.898, 4);
+        assert!(t[0] <= -0.043 && *t.last().unwrap() >= 0.898, "{t:?}");
+        assert_eq!(nice_ticks(5.0, 5.0, 4), [4.5, 4.75, 5.0, 5.25, 5.5]);
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             height: 360,
             series,
             log_x: false,
+            y_range: None,
         }
         .write_png(&path)?;
         md.push_str("\n![training loss by step](pretrain_loss.png)\n\nTraining loss (y) by step (x), one line per run in the color of its row.\n\n");
@@ -185,6 +186,7 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             height: 360,
             series,
             log_x: true,
+            y_range: Some((0.0, 1.0)),
         }
         .write_png(&path)?;
         let _ = writeln!(
