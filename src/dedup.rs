@@ -261,13 +261,18 @@ impl Sketches {
             let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
             for i in 0..n {
                 let reps = seen.entry(self.keys[i * self.bands + band]).or_default();
-                if reps.iter().any(|&j| uf.find(j) == uf.find(i)) {
-                    continue;
+                // Every representative is checked: `i` may bridge two of them.
+                let mut joined = false;
+                for &j in reps.iter() {
+                    if uf.find(j) == uf.find(i) {
+                        joined = true;
+                    } else if self.similarity(j, i) >= threshold {
+                        uf.union(j, i);
+                        joined = true;
+                    }
                 }
-                match reps.iter().find(|&&j| self.similarity(j, i) >= threshold) {
-                    Some(&j) => uf.union(j, i),
-                    None if reps.len() < REPRESENTATIVES => reps.push(i),
-                    None => {}
+                if !joined && reps.len() < REPRESENTATIVES {
+                    reps.push(i);
                 }
             }
         }
@@ -428,6 +433,16 @@ mod tests {
         assert!(sketches.similarity(0, 1) < 0.7 && sketches.similarity(0, 2) == 1.0);
         assert_eq!(sketches.clusters(0.7), [0, 1, 0, 1]);
         assert_eq!(sketches.clusters(0.4), [0, 0, 0, 0]);
+
+        // A note already joined to one representative of a key still joins another it is
+        // close to: note 2 bridges notes 0 and 1 through band 1.
+        let mut sketches = Sketches::new(&cfg);
+        sketches.push(&sketch([1, 5], [1, 2, 3, 4]));
+        sketches.push(&sketch([2, 5], [1, 2, 9, 9]));
+        sketches.push(&sketch([1, 5], [1, 2, 3, 9]));
+        assert!(sketches.similarity(0, 1) < 0.7);
+        assert!(sketches.similarity(0, 2) >= 0.7 && sketches.similarity(1, 2) >= 0.7);
+        assert_eq!(sketches.clusters(0.7), [0, 0, 0]);
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::{Error, Result};
 
 /// Cached words, across all shards; beyond this the cache stops growing (lookups go on).
 const CACHE_WORDS: usize = 1 << 20;
+/// Longer words are tokenized every time, not cached (a long run without whitespace is
+/// rarely repeated).
+const CACHE_WORD_BYTES: usize = 64;
 const SHARDS: usize = 16;
 
 /// Encodes texts to ids, each ending in `</s>`, exactly as `Tokenizer::encode` would.
@@ -97,7 +100,10 @@ impl FastPath {
             .build(added.iter().map(|(content, _)| content))
             .ok()?;
         // No truncation or padding, and the post-processor appends exactly `</s>`.
-        if tok.get_truncation().is_some() || tok.get_padding().is_some() {
+        if tok.get_truncation().is_some()
+            || tok.get_padding().is_some()
+            || tok.get_encode_special_tokens()
+        {
             return None;
         }
         let eos = tok.token_to_id(crate::tokenizer::EOS)?;
@@ -146,6 +152,9 @@ impl FastPath {
             }
             let word_ids = slow(tok, word, false)?;
             ids.extend_from_slice(&word_ids);
+            if word.len() > CACHE_WORD_BYTES {
+                continue;
+            }
             let mut map = shard.lock().expect("cache lock");
             if map.len() < CACHE_WORDS / SHARDS {
                 map.insert(word.to_string(), word_ids);

@@ -41,8 +41,11 @@ const FRACTION_TICKS: [f64; 5] = [0.01, 0.05, 0.1, 0.25, 1.0];
 /// Round tick values covering `lo..=hi`: steps of 1, 2, 2.5 or 5 times a power of ten, about
 /// `target` intervals.
 fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    // A flat range is widened by half a unit, or by a relative step where a unit is lost
+    // in the rounding of large values.
+    let pad = (lo.abs() * 1e-9).max(0.5);
     let (lo, hi) = if hi - lo < 1e-12 {
-        (lo - 0.5, hi + 0.5)
+        (lo - pad, hi + pad)
     } else {
         (lo, hi)
     };
@@ -55,9 +58,14 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
         .unwrap_or(10.0 * magnitude);
     let first = (lo / step + 1e-9).floor();
     let last = (hi / step - 1e-9).ceil().max(first + 1.0);
-    (0..=(last - first) as usize)
+    let ticks: Vec<f64> = (0..=(last - first) as usize)
         .map(|i| (first + i as f64) * step)
-        .collect()
+        .collect();
+    // Values so large that the step vanishes beside them: the two ends.
+    if ticks.len() < 2 || ticks[ticks.len() - 1] <= ticks[0] {
+        return vec![lo, hi.max(lo + pad)];
+    }
+    ticks
 }
 
 const MARGIN_LEFT: usize = 48;
@@ -155,15 +163,24 @@ impl Canvas {
     }
 }
 
-fn label(v: f64) -> String {
+/// A tick label with as many decimals as the tick step needs.
+fn label(v: f64, step: f64) -> String {
     if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-2) {
         format!("{v:.0e}")
-    } else if v.fract() == 0.0 {
+    } else if v.fract() == 0.0 && step.fract() == 0.0 {
         format!("{v:.0}")
     } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').to_string()
+        let decimals = (-step.abs().max(1e-12).log10().floor()).max(0.0) as usize + 1;
+        let s = format!("{v:.decimals$}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
+}
+
+fn step_of(ticks: &[f64]) -> f64 {
+    ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(f64::INFINITY, f64::min)
 }
 
 impl Chart {
@@ -202,10 +219,9 @@ impl Chart {
         (y0, y1) = (y_ticks[0], y_ticks[y_ticks.len() - 1]);
         (x0, x1) = (tx(x_ticks[0]), tx(x_ticks[x_ticks.len() - 1]));
         if self.log_x {
-            (x0, x1) = (
-                x0.min(all.iter().map(|p| p.0).fold(x0, f64::min)),
-                x1.max(0.0),
-            );
+            (x0, x1) = all
+                .iter()
+                .fold((x0, x1), |(a, b), p| (a.min(p.0), b.max(p.0)));
         }
         let (left, right) = (MARGIN_LEFT as f64, (self.width - MARGIN) as f64);
         let (top, bottom) = (MARGIN as f64, (self.height - MARGIN_BOTTOM) as f64);
@@ -220,12 +236,17 @@ impl Chart {
         for &y in &y_ticks {
             let (_, yy) = px(x_ticks[0], y);
             c.line((left as i64, yy), (right as i64, yy), grey);
-            c.text(2, yy - 5, &label(y), ink);
+            c.text(2, yy - 5, &label(y, step_of(&y_ticks)), ink);
         }
         for &x in &x_ticks {
             let (xx, _) = px(x, y0);
             c.line((xx, top as i64), (xx, bottom as i64), grey);
-            c.text(xx - 12, bottom as i64 + 6, &label(x), ink);
+            c.text(
+                xx - 12,
+                bottom as i64 + 6,
+                &label(x, step_of(&x_ticks)),
+                ink,
+            );
         }
         c.line(
             (left as i64, bottom as i64),
@@ -326,6 +347,15 @@ mod tests {
         let t = nice_ticks(-0.043, 0.898, 4);
         assert!(t[0] <= -0.043 && *t.last().unwrap() >= 0.898, "{t:?}");
         assert_eq!(nice_ticks(5.0, 5.0, 4), [4.5, 4.75, 5.0, 5.25, 5.5]);
+        let huge = nice_ticks(1e17, 1e17, 4);
+        assert!(
+            huge.len() >= 2 && huge[huge.len() - 1] > huge[0],
+            "{huge:?}"
+        );
+        // Labels carry the decimals the step needs.
+        assert_eq!(label(2.34565, 0.00005), "2.34565");
+        assert_eq!(label(0.25, 0.25), "0.25");
+        assert_eq!(label(20.0, 10.0), "20");
     }
 
     #[test]
