@@ -108,10 +108,19 @@ struct EvaluateArgs {
     split: crate::evaluate::Split,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    #[command(flatten)]
+    run: ModelRunArgs,
+}
+
+/// What finetuning and evaluation share: where the model runs, how long answers may be,
+/// and which catalog, tokenizer and plugin to use.
+#[derive(Debug, clap::Args)]
+struct ModelRunArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// Longest generated answer, in tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// The catalog [default: the pretraining build's].
@@ -122,6 +131,23 @@ struct EvaluateArgs {
     tokenizer: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     plugin: Option<PathBuf>,
+}
+
+impl ModelRunArgs {
+    /// Sets these in `config` and returns the plugin with the `capability`.
+    fn apply(
+        self,
+        config: &mut crate::finetune::FinetuneConfig,
+        capability: &str,
+    ) -> anyhow::Result<crate::plugin::Plugin> {
+        let plugin = crate::plugin::find(capability, self.plugin.as_deref())?;
+        config.device = self.device;
+        config.threads = self.threads;
+        config.max_new_tokens = self.max_new_tokens;
+        config.db = self.db;
+        config.tokenizer = self.tokenizer;
+        Ok(plugin)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,24 +178,11 @@ struct FinetuneArgs {
     /// Adafactor's constant learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
-    /// Longest generated answer, in tokens.
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
     /// Where the runs go [default: CHECKPOINT_RUN/finetune].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// The catalog [default: the pretraining build's].
-    #[arg(long, value_name = "FILE")]
-    db: Option<PathBuf>,
-    /// The tokenizer [default: the pretraining build's].
-    #[arg(long, value_name = "PATH")]
-    tokenizer: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
-    plugin: Option<PathBuf>,
+    #[command(flatten)]
+    run: ModelRunArgs,
     #[arg(long)]
     quiet: bool,
 }
@@ -389,16 +402,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain(args),
         Command::Finetune(args) => finetune(args),
         Command::Evaluate(args) => {
-            let plugin = crate::plugin::find("generate", args.plugin.as_deref())?;
-            let cancel = cancel_on_ctrl_c();
             let mut config =
                 crate::finetune::FinetuneConfig::new(args.task, args.data, args.checkpoint);
             config.batch_size = args.batch_size;
-            config.device = args.device;
-            config.threads = args.threads;
-            config.max_new_tokens = args.max_new_tokens;
-            config.db = args.db;
-            config.tokenizer = args.tokenizer;
+            let plugin = args.run.apply(&mut config, "generate")?;
+            let cancel = cancel_on_ctrl_c();
             let e = crate::evaluate::run(&config, args.split, &plugin, cancel)?;
             let scores: Vec<String> = e
                 .metrics
@@ -505,8 +513,6 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
 }
 
 fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
-    let plugin = crate::plugin::find("finetune", args.plugin.as_deref())?;
-    let cancel = cancel_on_ctrl_c();
     let mut config = crate::finetune::FinetuneConfig::new(args.task, args.data, args.checkpoint);
     config.fractions = args.fractions;
     config.seeds = args.seeds;
@@ -514,12 +520,9 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     config.batch_size = args.batch_size;
     config.effective_batch = args.effective_batch;
     config.lr = args.lr;
-    config.device = args.device;
-    config.threads = args.threads;
-    config.max_new_tokens = args.max_new_tokens;
     config.out = args.out;
-    config.db = args.db;
-    config.tokenizer = args.tokenizer;
+    let plugin = args.run.apply(&mut config, "finetune")?;
+    let cancel = cancel_on_ctrl_c();
     let reporter = BarReporter::new(args.quiet);
     for run in crate::finetune::run(&config, &plugin, cancel, &reporter)? {
         let scores: Vec<String> = run

@@ -5,7 +5,6 @@
 mod util;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use util::*;
 
@@ -77,19 +76,7 @@ fn the_smoke_experiment_runs_end_to_end_and_then_resumes_to_nothing() {
         assert!(md.contains(&format!("]({p})")), "{p} not linked\n{md}");
     }
     assert!(md.contains("| tiny | 0.25 | accuracy |"), "{md}");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/png_oracle.py");
-    let out = Command::new(python_path())
-        .arg(script)
-        .args(&paths)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let seen = oracle(&python_path(), "png_oracle.py", &paths);
     for p in &paths {
         let info = &seen[p.to_str().unwrap()];
         assert_eq!(info["size"], serde_json::json!([640, 360]), "{info}");

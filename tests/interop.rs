@@ -7,7 +7,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use ehrprep::tokenizer::{self, TokenizerConfig};
@@ -31,25 +31,6 @@ fn python() -> Option<PathBuf> {
         python.display()
     );
     Some(python)
-}
-
-/// Runs an oracle script from `scripts/` and returns the JSON of its last output line.
-fn oracle(python: &Path, script: &str, args: &[&Path]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(script);
-    let out = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "oracle failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
 /// The normalized corpus of the shipped fixtures.
@@ -93,7 +74,7 @@ fn tokenizer_ids_match_hugging_face() {
         cases.push(serde_json::json!({"text": t, "ids": ids}));
     }
     let cases_path = d.write("cases.json", serde_json::to_vec(&cases).unwrap());
-    let report = oracle(&python, "tokenizer_oracle.py", &[&dir, &cases_path]);
+    let report = oracle(&python, "tokenizer_oracle.py", [&dir, &cases_path]);
     assert_eq!(report["mismatches"], 0);
     assert_eq!(report["cases"], cases.len());
     assert_eq!(report["extra_id_0"], tokenizer::sentinel0(&tok).unwrap());
@@ -123,7 +104,7 @@ fn pyarrow_reads_the_shards() {
         ],
     )
     .ok();
-    let report = oracle(&python, "shards_oracle.py", &[&d.join("out/shards")]);
+    let report = oracle(&python, "shards_oracle.py", [d.join("out/shards")]);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("out/shards/manifest.json")).unwrap())
             .unwrap();

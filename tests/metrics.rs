@@ -2,14 +2,11 @@
 //! and F1 against the official script's definitions, CLIP micro / macro F1 against
 //! scikit-learn. Runs in the Python given by `EHRPREP_PYTHON` (default `~/.cache/ehrprep-venv`).
 
-use std::path::PathBuf;
-use std::process::Command;
-
 mod util;
 
 use ehrprep::metrics::{CLIP_LABELS, clip_f1, squad_v2};
 use ehrprep::synth::Rng;
-use util::python_path;
+use util::{oracle, python_path};
 
 const WORDS: &[&str] = &[
     "the",
@@ -79,19 +76,7 @@ fn metrics_match_the_official_squad_definitions_and_scikit_learn() {
         serde_json::json!({"squad": squad, "clip": clip}).to_string(),
     )
     .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics_oracle.py");
-    let out = Command::new(python_path())
-        .arg(script)
-        .arg(&cases)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let oracle: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let oracle = oracle(&python_path(), "metrics_oracle.py", [&cases]);
 
     let (em, f1) = squad_v2(&squad);
     let (micro, macro_) = clip_f1(&clip);

@@ -258,6 +258,29 @@ pub fn t5_plugin() -> String {
 }
 
 /// The Python with the oracles: `EHRPREP_PYTHON`, or the virtual environment `.ci/run` makes.
+/// Runs an oracle script from `scripts/` and returns the JSON of its last output line.
+pub fn oracle<A: AsRef<std::ffi::OsStr>>(
+    python: &Path,
+    script: &str,
+    args: impl IntoIterator<Item = A>,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "oracle failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 pub fn python_path() -> PathBuf {
     std::env::var_os("EHRPREP_PYTHON")
         .map(PathBuf::from)
