@@ -140,9 +140,8 @@ impl FastPath {
 
     /// Appends the ids of the whitespace-separated words of an ASCII piece.
     fn words(&self, tok: &Tokenizer, piece: &str, ids: &mut Vec<u32>) -> Result<()> {
-        // The normalizer's `\s` on ASCII: space, \t, \n, \x0B, \x0C, \r.
         let words = piece
-            .split([' ', '\t', '\n', '\x0B', '\x0C', '\r'])
+            .split(crate::tokenizer::ASCII_WHITESPACE)
             .filter(|w| !w.is_empty());
         for word in words {
             let shard = &self.cache[shard_of(word)];

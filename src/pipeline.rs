@@ -369,13 +369,11 @@ fn build_id(config_json: &str, inputs_json: &str) -> String {
     crate::tokenizer::hex(&digest[..8])
 }
 
-/// A note after normalization: its text, a digest of it, its characters and its MinHash
-/// sketch (computed here, in parallel, so de-duplication never reads the corpus back).
+/// A note after normalization: its text, a digest of it and its characters.
 struct Normalized {
     text: String,
     digest: u128,
     chars: u64,
-    sketch: Sketch,
 }
 
 /// What normalization hands on: the statistics, and the kept notes' MinHash sketches in
@@ -432,7 +430,6 @@ fn normalize_and_decide(
                         Normalized {
                             digest: digest128(&text),
                             chars: text.chars().count() as u64,
-                            sketch: config.minhash.sketch(&text),
                             text,
                         }
                     })
@@ -456,13 +453,19 @@ fn normalize_and_decide(
                         kept_seq.push(seq);
                         kept_ord.push(notes.ord(i));
                         kept_text.push(n.text);
-                        sketches.push(&n.sketch);
                         seq += 1;
                     }
                     _ => stats.add(reason, notes.chars(i)),
                 }
                 reasons.push(reason.as_str());
             }
+            // MinHash sketches of the kept notes, in parallel while their text is in memory,
+            // so de-duplication never reads the corpus back.
+            let kept_sketches: Vec<Sketch> = kept_text
+                .par_iter()
+                .map(|text| config.minhash.sketch(text))
+                .collect();
+            kept_sketches.iter().for_each(|s| sketches.push(s));
             outcome
                 .append_record_batch(
                     RecordBatch::try_from_iter([

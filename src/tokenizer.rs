@@ -157,6 +157,10 @@ fn serial<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// What the normalizer's `\s` (and `Strip`) match in ASCII text: word boundaries for the
+/// direct paths in training and in `encoder`.
+pub(crate) const ASCII_WHITESPACE: [char; 6] = [' ', '\t', '\n', '\x0B', '\x0C', '\r'];
+
 /// The trainer's input: each pre-tokenized word of the sample with its count, sorted. The
 /// same words the tokenizer's own pipeline gives (normalizer, then pre-tokenizer), counted
 /// in parallel; ASCII text takes a direct path (NFKC is the identity there, whitespace runs
@@ -186,10 +190,7 @@ fn word_counts(tok: &Tokenizer, sample: &[String]) -> Result<Vec<(String, u32)>>
 fn pre_tokenized_words(tok: &Tokenizer, text: &str) -> Result<Vec<String>> {
     if text.is_ascii() {
         let mut words = Vec::new();
-        for w in text
-            .split([' ', '\t', '\n', '\x0B', '\x0C', '\r'])
-            .filter(|w| !w.is_empty())
-        {
+        for w in text.split(ASCII_WHITESPACE).filter(|w| !w.is_empty()) {
             let mut current = String::from("▁");
             for c in w.chars() {
                 if c.is_ascii_digit() {
