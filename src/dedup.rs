@@ -257,26 +257,51 @@ impl Sketches {
     pub fn clusters(&self, threshold: f64) -> Vec<usize> {
         let n = self.len();
         let mut uf = UnionFind::new(n);
+        // Representatives inline (no allocation per key); one map reused across bands.
+        let mut seen: HashMap<u64, Reps> = HashMap::with_capacity(n);
         for band in 0..self.bands {
-            let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
+            seen.clear();
             for i in 0..n {
                 let reps = seen.entry(self.keys[i * self.bands + band]).or_default();
                 // Every representative is checked: `i` may bridge two of them.
                 let mut joined = false;
-                for &j in reps.iter() {
-                    if uf.find(j) == uf.find(i) {
+                let mut root = uf.find(i);
+                for &j in reps.as_slice() {
+                    let j = j as usize;
+                    if uf.find(j) == root {
                         joined = true;
                     } else if self.similarity(j, i) >= threshold {
-                        uf.union(j, i);
+                        root = uf.union(j, i);
                         joined = true;
                     }
                 }
-                if !joined && reps.len() < REPRESENTATIVES {
+                if !joined {
                     reps.push(i);
                 }
             }
         }
         (0..n).map(|i| uf.find(i)).collect()
+    }
+}
+
+/// Up to `REPRESENTATIVES` note indices, inline.
+#[derive(Default, Clone, Copy)]
+struct Reps {
+    len: u32,
+    notes: [u32; REPRESENTATIVES],
+}
+
+impl Reps {
+    fn as_slice(&self) -> &[u32] {
+        &self.notes[..self.len as usize]
+    }
+
+    /// Adds `i` unless full.
+    fn push(&mut self, i: usize) {
+        if (self.len as usize) < REPRESENTATIVES {
+            self.notes[self.len as usize] = u32::try_from(i).expect("fewer than 2^32 notes");
+            self.len += 1;
+        }
     }
 }
 
@@ -359,10 +384,12 @@ impl UnionFind {
         x
     }
 
-    fn union(&mut self, a: usize, b: usize) {
+    /// Joins the sets of `a` and `b`; returns the joined set's root.
+    fn union(&mut self, a: usize, b: usize) -> usize {
         let (ra, rb) = (self.find(a), self.find(b));
         let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
         self.parent[hi] = lo;
+        lo
     }
 }
 
