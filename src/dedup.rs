@@ -472,6 +472,85 @@ mod tests {
         assert_eq!(sketches.clusters(0.7), [0, 0, 0]);
     }
 
+    /// The clustering rule written plainly: band by band, each key's first few notes that
+    /// joined nothing are its representatives, and every newcomer is compared with all of
+    /// them.
+    fn clusters_plainly(s: &Sketches, threshold: f64) -> Vec<usize> {
+        let n = s.len();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn root(parent: &[usize], mut x: usize) -> usize {
+            while parent[x] != x {
+                x = parent[x];
+            }
+            x
+        }
+        for band in 0..s.bands {
+            let mut reps: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+            for i in 0..n {
+                let list = reps.entry(s.keys[i * s.bands + band]).or_default();
+                let mut joined = false;
+                for &j in list.iter() {
+                    let (a, b) = (root(&parent, j), root(&parent, i));
+                    if a == b {
+                        joined = true;
+                    } else if s.similarity(j, i) >= threshold {
+                        parent[a.max(b)] = a.min(b);
+                        joined = true;
+                    }
+                }
+                if !joined && list.len() < REPRESENTATIVES {
+                    list.push(i);
+                }
+            }
+        }
+        (0..n).map(|i| root(&parent, i)).collect()
+    }
+
+    #[test]
+    fn clusters_follow_the_plain_rule_on_crowded_keys() {
+        let cfg = MinHashConfig {
+            shingle_words: 1,
+            bands: 3,
+            rows: 4,
+            threshold: 0.5,
+            seed: 1,
+        };
+        let mut rng = Rng::new(9);
+        for round in 0..20 {
+            let mut sketches = Sketches::new(&cfg);
+            // Few keys, so keys hold many more notes than representatives; bytes from a
+            // few templates with some noise, so that some pairs pass and some fail.
+            for _ in 0..400 {
+                let template = rng.below(6) as u8;
+                let keys = (0..cfg.bands).map(|_| rng.below(5)).collect();
+                let bits = (0..cfg.bands * cfg.rows)
+                    .map(|k| {
+                        if rng.chance(0.3) {
+                            rng.below(256) as u8
+                        } else {
+                            template * 16 + k as u8
+                        }
+                    })
+                    .collect();
+                sketches.push(&Sketch { keys, bits });
+            }
+            for threshold in [0.3, 0.5, 0.8] {
+                let want = clusters_plainly(&sketches, threshold);
+                assert_eq!(
+                    sketches.clusters(threshold),
+                    want,
+                    "round {round}, threshold {threshold}"
+                );
+            }
+            let joined = clusters_plainly(&sketches, 0.5)
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| i != *r)
+                .count();
+            assert!(joined > 0 && joined < 400, "round {round}: {joined} joined");
+        }
+    }
+
     #[test]
     fn byte_similarity_tracks_jaccard() {
         let cfg = MinHashConfig::default();
