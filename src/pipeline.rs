@@ -402,7 +402,6 @@ fn normalize_and_decide(
     let mut stats = BuildStats::default();
     let mut sketches = Sketches::new(&config.minhash);
     let mut seen: HashSet<u128> = HashSet::new();
-    let mut seq: i64 = 0;
     let batch = config.batch_notes.max(1) as i64;
     let mut stmt = conn
         .prepare(SELECT_PAPER.get("note_batch"))
@@ -413,79 +412,56 @@ fn normalize_and_decide(
     let mut kept = conn
         .appender("stage_kept")
         .map_err(Error::catalog("writing the corpus"))?;
-    let mut lo = 0;
-    while lo < end {
-        let batches: Vec<RecordBatch> = stmt
+    // A pipeline of two: while a thread normalizes and decides one range of notes (in
+    // parallel), this thread appends the previous range's results and reads the next.
+    let mut state = DecideState {
+        config,
+        stats: &mut stats,
+        sketches: &mut sketches,
+        seen: &mut seen,
+        seq: 0,
+    };
+    let mut read = |lo: i64| -> Result<Vec<RecordBatch>> {
+        Ok(stmt
             .query_arrow([lo, lo + batch])
             .map_err(Error::catalog("reading notes"))?
-            .collect();
-        lo += batch;
-        for notes in &batches {
-            let notes = NoteBatch::new(notes)?;
-            let normalized: Vec<Option<Normalized>> = (0..notes.len())
-                .into_par_iter()
-                .map(|i| {
-                    notes.text(i).map(|raw| {
-                        let text = normalize(raw, notes.source(i), config.deid);
-                        Normalized {
-                            digest: digest128(&text),
-                            chars: text.chars().count() as u64,
-                            text,
-                        }
-                    })
-                })
-                .collect();
-
-            let mut reasons = Vec::with_capacity(notes.len());
-            let (mut kept_seq, mut kept_ord, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, norm) in normalized.into_iter().enumerate() {
-                let reason = match (notes.reason(i), &norm) {
-                    (Some(r), _) => r,
-                    (None, Some(n)) if n.text.is_empty() => Reason::Empty,
-                    (None, Some(n)) if !seen.insert(n.digest) => Reason::ExactDuplicate,
-                    (None, Some(_)) => Reason::Kept,
-                    (None, None) => Reason::Empty,
-                };
-                stats.chars_in += notes.chars(i);
-                match norm {
-                    Some(n) if reason == Reason::Kept => {
-                        stats.add(reason, n.chars);
-                        kept_seq.push(seq);
-                        kept_ord.push(notes.ord(i));
-                        kept_text.push(n.text);
-                        seq += 1;
-                    }
-                    _ => stats.add(reason, notes.chars(i)),
+            .collect())
+    };
+    let mut current = if end > 0 { read(0)? } else { Vec::new() };
+    let mut lo = 0;
+    let mut done: Vec<Decisions> = Vec::new();
+    while lo < end {
+        let next_lo = lo + batch;
+        let (decided, next) = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                current
+                    .iter()
+                    .map(|notes| state.decide(notes))
+                    .collect::<Result<Vec<Decisions>>>()
+            });
+            let appended = done
+                .iter()
+                .try_for_each(|d| d.append(&mut outcome, &mut kept));
+            let next = appended.and_then(|()| {
+                if next_lo < end {
+                    read(next_lo)
+                } else {
+                    Ok(Vec::new())
                 }
-                reasons.push(reason.as_str());
-            }
-            // MinHash sketches of the kept notes, in parallel while their text is in memory,
-            // so de-duplication never reads the corpus back.
-            let kept_sketches: Vec<Sketch> = kept_text
-                .par_iter()
-                .map(|text| config.minhash.sketch(text))
-                .collect();
-            kept_sketches.iter().for_each(|s| sketches.push(s));
-            outcome
-                .append_record_batch(
-                    RecordBatch::try_from_iter([
-                        ("ord", Arc::new(notes.ords()) as ArrayRef),
-                        ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
-                    ])
-                    .expect("columns of one length"),
-                )
-                .map_err(Error::catalog("writing decisions"))?;
-            kept.append_record_batch(
-                RecordBatch::try_from_iter([
-                    ("seq", Arc::new(Int64Array::from(kept_seq)) as ArrayRef),
-                    ("ord", Arc::new(Int64Array::from(kept_ord)) as ArrayRef),
-                    ("text", Arc::new(StringArray::from(kept_text)) as ArrayRef),
-                ])
-                .expect("columns of one length"),
-            )
-            .map_err(Error::catalog("writing the corpus"))?;
-            reporter.advance(notes.len() as u64);
+            });
+            let decided = worker.join().expect("the decision thread does not panic");
+            (decided, next)
+        });
+        for d in &done {
+            reporter.advance(d.notes);
         }
+        done = decided?;
+        current = next?;
+        lo = next_lo;
+    }
+    for d in &done {
+        d.append(&mut outcome, &mut kept)?;
+        reporter.advance(d.notes);
     }
     outcome
         .flush()
@@ -498,6 +474,100 @@ fn normalize_and_decide(
         .map_err(Error::catalog("writing the corpus"))?;
     reporter.finish();
     Ok(Decided { stats, sketches })
+}
+
+/// What deciding needs across ranges of notes; lent to the decision thread.
+struct DecideState<'a> {
+    config: &'a BuildConfig,
+    stats: &'a mut BuildStats,
+    sketches: &'a mut Sketches,
+    seen: &'a mut HashSet<u128>,
+    /// The next kept note's `seq`.
+    seq: i64,
+}
+
+/// One Arrow batch's outcome, ready to append: every note's reason, and the kept notes.
+struct Decisions {
+    notes: u64,
+    outcome: RecordBatch,
+    kept: RecordBatch,
+}
+
+impl Decisions {
+    fn append(&self, outcome: &mut duckdb::Appender, kept: &mut duckdb::Appender) -> Result<()> {
+        outcome
+            .append_record_batch(self.outcome.clone())
+            .map_err(Error::catalog("writing decisions"))?;
+        kept.append_record_batch(self.kept.clone())
+            .map_err(Error::catalog("writing the corpus"))
+    }
+}
+
+impl DecideState<'_> {
+    /// Normalizes one batch of notes in parallel, then decides each note's reason in build
+    /// order and sketches the kept notes.
+    fn decide(&mut self, notes: &RecordBatch) -> Result<Decisions> {
+        let config = self.config;
+        let notes = NoteBatch::new(notes)?;
+        let normalized: Vec<Option<Normalized>> = (0..notes.len())
+            .into_par_iter()
+            .map(|i| {
+                notes.text(i).map(|raw| {
+                    let text = normalize(raw, notes.source(i), config.deid);
+                    Normalized {
+                        digest: digest128(&text),
+                        chars: text.chars().count() as u64,
+                        text,
+                    }
+                })
+            })
+            .collect();
+
+        let mut reasons = Vec::with_capacity(notes.len());
+        let (mut kept_seq, mut kept_ord, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, norm) in normalized.into_iter().enumerate() {
+            let reason = match (notes.reason(i), &norm) {
+                (Some(r), _) => r,
+                (None, Some(n)) if n.text.is_empty() => Reason::Empty,
+                (None, Some(n)) if !self.seen.insert(n.digest) => Reason::ExactDuplicate,
+                (None, Some(_)) => Reason::Kept,
+                (None, None) => Reason::Empty,
+            };
+            self.stats.chars_in += notes.chars(i);
+            match norm {
+                Some(n) if reason == Reason::Kept => {
+                    self.stats.add(reason, n.chars);
+                    kept_seq.push(self.seq);
+                    kept_ord.push(notes.ord(i));
+                    kept_text.push(n.text);
+                    self.seq += 1;
+                }
+                _ => self.stats.add(reason, notes.chars(i)),
+            }
+            reasons.push(reason.as_str());
+        }
+        // MinHash sketches of the kept notes, in parallel while their text is in memory,
+        // so de-duplication never reads the corpus back.
+        let kept_sketches: Vec<Sketch> = kept_text
+            .par_iter()
+            .map(|text| config.minhash.sketch(text))
+            .collect();
+        kept_sketches.iter().for_each(|s| self.sketches.push(s));
+        Ok(Decisions {
+            notes: notes.len() as u64,
+            outcome: RecordBatch::try_from_iter([
+                ("ord", Arc::new(notes.ords()) as ArrayRef),
+                ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
+            ])
+            .expect("columns of one length"),
+            kept: RecordBatch::try_from_iter([
+                ("seq", Arc::new(Int64Array::from(kept_seq)) as ArrayRef),
+                ("ord", Arc::new(Int64Array::from(kept_ord)) as ArrayRef),
+                ("text", Arc::new(StringArray::from(kept_text)) as ArrayRef),
+            ])
+            .expect("columns of one length"),
+        })
+    }
 }
 
 /// The columns of one `note_batch` result.

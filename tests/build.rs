@@ -485,6 +485,22 @@ fn two_builds_agree_exactly() {
         )
     };
     assert_eq!(dump("a"), dump("b"));
+
+    // Batches are a unit of work only: one batch for everything decides the same.
+    let mut one_batch = args("c");
+    one_batch.truncate(one_batch.len() - 2);
+    d.ehrprep(&one_batch).ok();
+    let results = |out: &str| {
+        let conn = catalog(&d.join(out));
+        (
+            rows(
+                &conn,
+                "SELECT * EXCLUDE (build_id) FROM note_decisions ORDER BY source, note_id",
+            ),
+            rows(&conn, "SELECT * FROM corpus ORDER BY seq"),
+        )
+    };
+    assert_eq!(results("a"), results("c"));
 }
 
 #[test]
