@@ -289,7 +289,7 @@ struct BuildArgs {
     /// Replace a finished build in OUT.
     #[arg(long)]
     force: bool,
-    /// Notes normalized per batch (memory grows with it).
+    /// Notes normalized per batch (memory grows with it: up to three batches are held).
     #[arg(long, default_value_t = 8192, value_name = "N")]
     batch_notes: usize,
     /// Stop after the corpus: no tokenizer, no shards.

@@ -265,6 +265,7 @@ impl Sketches {
                 let reps = seen.entry(self.keys[i * self.bands + band]).or_default();
                 // Every representative is checked: `i` may bridge two of them.
                 let mut joined = false;
+                // Stays `find(i)`: only `union` changes which set `i` is in.
                 let mut root = uf.find(i);
                 for &j in reps.as_slice() {
                     let j = j as usize;
@@ -284,7 +285,8 @@ impl Sketches {
     }
 }
 
-/// Up to `REPRESENTATIVES` note indices, inline.
+/// Up to `REPRESENTATIVES` note indices, inline. Indices are `u32`: 2^32 kept notes would
+/// need a terabyte of sketches first.
 #[derive(Default, Clone, Copy)]
 struct Reps {
     len: u32,

@@ -54,7 +54,8 @@ pub struct BuildConfig {
     /// Replace a finished build in `out`.
     #[serde(skip)]
     pub force: bool,
-    /// Notes normalized per batch; bounds memory.
+    /// Notes normalized per batch; bounds memory (up to three batches are held at once:
+    /// one being read, one decided, one appended).
     #[serde(skip)]
     pub batch_notes: usize,
     /// Tokenizer and shards after the corpus; `None` stops at the corpus.
@@ -429,39 +430,43 @@ fn normalize_and_decide(
     };
     let mut current = if end > 0 { read(0)? } else { Vec::new() };
     let mut lo = 0;
-    let mut done: Vec<Decisions> = Vec::new();
+    // Decided but not yet appended: the previous range.
+    let mut previous: Vec<Decisions> = Vec::new();
     while lo < end {
         let next_lo = lo + batch;
-        let (decided, next) = std::thread::scope(|s| {
+        // One scoped thread per range: ranges are thousands of notes (`--batch-notes`).
+        let (appended, decided, next) = std::thread::scope(|s| {
             let worker = s.spawn(|| {
                 current
                     .iter()
                     .map(|notes| state.decide(notes))
                     .collect::<Result<Vec<Decisions>>>()
             });
-            let appended = done
+            let appended = previous
                 .iter()
                 .try_for_each(|d| d.append(&mut outcome, &mut kept));
-            let next = appended.and_then(|()| {
-                if next_lo < end {
-                    read(next_lo)
-                } else {
-                    Ok(Vec::new())
-                }
-            });
-            let decided = worker.join().expect("the decision thread does not panic");
-            (decided, next)
+            let next = match (&appended, next_lo < end) {
+                (Ok(()), true) => Some(read(next_lo)),
+                _ => None,
+            };
+            let decided = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (appended, decided, next)
         });
-        for d in &done {
-            reporter.advance(d.notes);
+        // Errors in the sequential order: append the previous range, decide this one,
+        // read the next.
+        appended?;
+        for d in &previous {
+            reporter.advance(d.note_count);
         }
-        done = decided?;
-        current = next?;
+        previous = decided?;
+        current = next.transpose()?.unwrap_or_default();
         lo = next_lo;
     }
-    for d in &done {
+    for d in &previous {
         d.append(&mut outcome, &mut kept)?;
-        reporter.advance(d.notes);
+        reporter.advance(d.note_count);
     }
     outcome
         .flush()
@@ -488,7 +493,7 @@ struct DecideState<'a> {
 
 /// One Arrow batch's outcome, ready to append: every note's reason, and the kept notes.
 struct Decisions {
-    notes: u64,
+    note_count: u64,
     outcome: RecordBatch,
     kept: RecordBatch,
 }
@@ -554,7 +559,7 @@ impl DecideState<'_> {
             .collect();
         kept_sketches.iter().for_each(|s| self.sketches.push(s));
         Ok(Decisions {
-            notes: notes.len() as u64,
+            note_count: notes.len() as u64,
             outcome: RecordBatch::try_from_iter([
                 ("ord", Arc::new(notes.ords()) as ArrayRef),
                 ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
