@@ -22,9 +22,9 @@ CREATE TABLE IF NOT EXISTS eval_runs (
 );
 CREATE TABLE IF NOT EXISTS eval_metrics (
     eval_run_id VARCHAR NOT NULL,
-    split       VARCHAR NOT NULL, -- validation (per epoch) | test (best epoch)
+    split       VARCHAR NOT NULL, -- train (loss per epoch) | validation (per epoch) | test (best epoch)
     epoch       BIGINT NOT NULL,  -- 1-based
-    metric      VARCHAR NOT NULL, -- accuracy | exact_match | f1 | micro_f1 | macro_f1
+    metric      VARCHAR NOT NULL, -- accuracy | exact_match | f1 | micro_f1 | macro_f1 | loss
     value       DOUBLE NOT NULL
 );
 CREATE TABLE IF NOT EXISTS eval_predictions (

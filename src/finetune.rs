@@ -208,6 +208,13 @@ pub(crate) fn encode<'a>(
     Ok((rows, truncated))
 }
 
+/// Tokens of the longest target, `</s>` not counted.
+fn longest_answer(rows: &[Encoded]) -> Option<usize> {
+    rows.iter()
+        .map(|r| r.target_ids.len().saturating_sub(1))
+        .max()
+}
+
 /// The task's metrics for (prediction, example) pairs, and whether each is right.
 pub fn score(
     task: Task,
@@ -359,6 +366,15 @@ pub fn run(
 
     let (validation, _) = encode(&tok, &splits.validation, config.task.max_input_tokens())?;
     let (test, _) = encode(&tok, &splits.test, config.task.max_input_tokens())?;
+    let (all_train, _) = encode(&tok, &splits.train, config.task.max_input_tokens())?;
+    if let Some(longest) = longest_answer(&all_train).filter(|&n| n > config.max_new_tokens) {
+        reporter.note(&format!(
+            "warning: {} training answers run to {longest} tokens, but generation stops at \
+             {} (--max-new-tokens): longer predictions are cut",
+            config.task.as_str(),
+            config.max_new_tokens
+        ));
+    }
     let mut summaries = Vec::new();
     for &fraction in &config.fractions {
         for &seed in &config.seeds {
@@ -484,12 +500,25 @@ pub fn run(
                     "grad_accum": grad_accum, "lr": config.lr, "seed": seed,
                     "device": config.device, "threads": config.threads,
                 });
-                if let Outcome::Cancelled(_) =
-                    plugin.call("finetune", &request.to_string(), &mut sink)?
-                {
-                    status = "cancelled";
-                    break;
-                }
+                let trained = match plugin.call("finetune", &request.to_string(), &mut sink)? {
+                    Outcome::Finished(json) => json,
+                    Outcome::Cancelled(_) => {
+                        status = "cancelled";
+                        break;
+                    }
+                };
+                // The epoch's mean training loss, so a run that does not learn shows it.
+                let loss = serde_json::from_str::<serde_json::Value>(&trained)
+                    .ok()
+                    .and_then(|v| v["mean_loss"].as_f64())
+                    .ok_or_else(|| {
+                        Error::Invalid("the plugin's finetune answer has no `mean_loss`".into())
+                    })?;
+                conn.execute(
+                    EVAL.get("insert_metric"),
+                    params![id, "train", e as i64 + 1, "loss", loss],
+                )
+                .map_err(Error::catalog("recording the training loss"))?;
                 let Some(predictions) = predict(
                     plugin,
                     config,

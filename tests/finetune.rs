@@ -36,7 +36,8 @@ fn pretrained(dir: &Dir) {
     .ok();
 }
 
-fn finetune(dir: &Dir, task: &str, data: &Path, extra: &[&str]) -> String {
+/// A finished `ehrprep finetune` run.
+fn finetune(dir: &Dir, task: &str, data: &Path, extra: &[&str]) -> Run {
     let plugin = t5_plugin();
     let data = data.to_str().unwrap();
     let mut args = vec![
@@ -66,7 +67,9 @@ fn finetune(dir: &Dir, task: &str, data: &Path, extra: &[&str]) -> String {
         "--quiet",
     ];
     args.extend_from_slice(extra);
-    dir.ehrprep(&args).ok()
+    let run = dir.ehrprep(&args);
+    run.ok();
+    run
 }
 
 fn query(dir: &Dir, sql: &str) -> Vec<Vec<String>> {
@@ -82,7 +85,7 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
     let mednli = dir.join("synth/tasks/mednli");
     // Six epochs, then six more: the second call resumes at epoch 7.
     finetune(&dir, "mednli", &mednli, &["--epochs", "6"]);
-    let stdout = finetune(&dir, "mednli", &mednli, &["--epochs", "12"]);
+    let stdout = finetune(&dir, "mednli", &mednli, &["--epochs", "12"]).stdout();
     assert!(stdout.contains("fraction 1 seed 1: finished"), "{stdout}");
 
     let runs = query(
@@ -95,6 +98,17 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
         "SELECT count(*), count(DISTINCT epoch) FROM eval_metrics WHERE split = 'validation'",
     );
     assert_eq!(epochs, [vec!["12", "12"]]);
+    // Each epoch's mean training loss is recorded, across the resume, and it falls.
+    let losses: Vec<f64> = query(
+        &dir,
+        "SELECT value::VARCHAR FROM eval_metrics WHERE split = 'train' AND metric = 'loss' \
+         ORDER BY epoch",
+    )
+    .iter()
+    .map(|r| r[0].parse().unwrap())
+    .collect();
+    assert_eq!(losses.len(), 12, "{losses:?}");
+    assert!(losses[11] < 0.8 * losses[0], "{losses:?}");
     // Three balanced labels: chance is 1/3.
     let test = query(
         &dir,
@@ -230,7 +244,14 @@ fn radqa_and_clip_run_through_with_their_metrics() {
     write(clip.join("train_ids.csv"), "1\n2\n3\n4\n");
     write(clip.join("val_ids.csv"), "5\n");
     write(clip.join("test_ids.csv"), "6\n");
-    finetune(&dir, "clip", &clip, &["--epochs", "1"]);
+    let run = finetune(&dir, "clip", &clip, &["--epochs", "1"]);
+    // Two labels spelled out are far longer than 12 tokens: the cut is announced.
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("warning: clip training answers run to")
+            && stderr.contains("generation stops at 12"),
+        "{stderr}"
+    );
 
     let metrics = query(
         &dir,
