@@ -111,53 +111,54 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
 
     md.push_str("## Finetuning (test set, mean over seeds)\n\n");
     let rows = query(&conn, REPORT.get("eval_summary"), |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, f64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, f64>(4)?,
-            r.get::<_, f64>(5)?,
-            r.get::<_, i64>(6)?,
-        ))
+        Ok(MetricRow {
+            key: MetricKey::read(r)?,
+            mean: r.get(4)?,
+            sd: r.get(5)?,
+            seeds: r.get(6)?,
+        })
     })?;
-    let paper = query(&conn, REPORT.get("paper"), |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, f64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, f64>(4)?,
-        ))
+    let paper: Vec<(MetricKey, f64)> = query(&conn, REPORT.get("paper"), |r| {
+        Ok((MetricKey::read(r)?, r.get(4)?))
     })?;
     if rows.is_empty() {
         md.push_str("No finished finetuning runs.\n");
     }
     for task in [Task::Mednli, Task::Radqa, Task::Clip] {
-        let of_task: Vec<_> = rows.iter().filter(|r| r.1 == task.as_str()).collect();
+        let of_task: Vec<&MetricRow> = rows
+            .iter()
+            .filter(|r| r.key.task == task.as_str())
+            .collect();
         if of_task.is_empty() {
             continue;
         }
         let _ = writeln!(md, "### {}\n", task.as_str());
         md.push_str("| model | fraction | metric | mean | sd | seeds |\n| --- | ---: | --- | ---: | ---: | ---: |\n");
-        for (model, _, fraction, metric, mean, sd, seeds) in &of_task {
+        for r in &of_task {
+            let MetricKey {
+                model,
+                fraction,
+                metric,
+                ..
+            } = &r.key;
             let _ = writeln!(
                 md,
-                "| {model} | {fraction} | {metric} | {mean:.4} | {sd:.4} | {seeds} |"
+                "| {model} | {fraction} | {metric} | {:.4} | {:.4} | {} |",
+                r.mean, r.sd, r.seeds
             );
         }
         let metric = task.selection_metric();
         let mut legend = Vec::new();
         let mut series = Vec::new();
-        let mut models: Vec<&str> = of_task.iter().map(|r| r.0.as_str()).collect();
+        let mut models: Vec<&str> = of_task.iter().map(|r| r.key.model.as_str()).collect();
         models.sort();
         models.dedup();
         for (i, model) in models.iter().enumerate() {
             let (name, color) = PALETTE[i % PALETTE.len()];
             let points = of_task
                 .iter()
-                .filter(|r| r.0 == *model && r.3 == metric)
-                .map(|r| (r.2, r.4))
+                .filter(|r| r.key.model == *model && r.key.metric == metric)
+                .map(|r| (r.key.fraction, r.mean))
                 .collect();
             series.push(Series {
                 points,
@@ -166,18 +167,18 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             });
             legend.push(format!("{name}: {model}"));
         }
-        for (j, (pmodel, _, fraction, _, value)) in paper
+        for (j, (key, value)) in paper
             .iter()
-            .filter(|p| p.1 == task.as_str() && p.3 == metric)
+            .filter(|(key, _)| key.task == task.as_str() && key.metric == metric)
             .enumerate()
         {
             let (name, color) = PALETTE[(models.len() + j) % PALETTE.len()];
             series.push(Series {
-                points: vec![(*fraction, *value)],
+                points: vec![(key.fraction, *value)],
                 color,
                 markers: true,
             });
-            legend.push(format!("{name} square: paper, {pmodel}"));
+            legend.push(format!("{name} square: paper, {}", key.model));
         }
         let file = format!("{}_{metric}.png", task.as_str());
         let path = out.join(&file);
@@ -199,4 +200,31 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
     let markdown = out.join("report.md");
     crate::fsutil::write_atomic(&markdown, md.as_bytes())?;
     Ok(Report { markdown, plots })
+}
+
+/// Which result a row is about: the first four columns of `eval_summary` and `paper`.
+struct MetricKey {
+    model: String,
+    task: String,
+    fraction: f64,
+    metric: String,
+}
+
+impl MetricKey {
+    fn read(r: &duckdb::Row) -> duckdb::Result<MetricKey> {
+        Ok(MetricKey {
+            model: r.get(0)?,
+            task: r.get(1)?,
+            fraction: r.get(2)?,
+            metric: r.get(3)?,
+        })
+    }
+}
+
+/// One `eval_summary` row: our mean over seeds.
+struct MetricRow {
+    key: MetricKey,
+    mean: f64,
+    sd: f64,
+    seeds: i64,
 }
