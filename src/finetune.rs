@@ -366,16 +366,8 @@ pub fn run(
 
     let (validation, _) = encode(&tok, &splits.validation, config.task.max_input_tokens())?;
     let (test, _) = encode(&tok, &splits.test, config.task.max_input_tokens())?;
-    let (all_train, _) = encode(&tok, &splits.train, config.task.max_input_tokens())?;
-    if let Some(longest) = longest_answer(&all_train).filter(|&n| n > config.max_new_tokens) {
-        reporter.note(&format!(
-            "warning: {} training answers run to {longest} tokens, but generation stops at \
-             {} (--max-new-tokens): longer predictions are cut",
-            config.task.as_str(),
-            config.max_new_tokens
-        ));
-    }
     let mut summaries = Vec::new();
+    let mut warned = false;
     for &fraction in &config.fractions {
         for &seed in &config.seeds {
             if cancel.load(Ordering::Relaxed) {
@@ -387,6 +379,17 @@ pub fn run(
             crate::catalog::restrict_to_owner(&dir)?;
             let train_examples = crate::task_data::sample(&splits.train, fraction, seed);
             let (train, truncated) = encode(&tok, &train_examples, config.task.max_input_tokens())?;
+            if !warned
+                && let Some(longest) = longest_answer(&train).filter(|&n| n > config.max_new_tokens)
+            {
+                reporter.note(&format!(
+                    "warning: {} training answers run to {longest} tokens, but generation \
+                     stops at {} (--max-new-tokens): longer predictions are cut",
+                    config.task.as_str(),
+                    config.max_new_tokens
+                ));
+                warned = true;
+            }
             write_jsonl(&dir.join("train.jsonl"), &train)?;
             write_jsonl(&dir.join("validation.jsonl"), &validation)?;
             write_jsonl(&dir.join("test.jsonl"), &test)?;
