@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Corpus build benchmark: `ehrprep build --no-shards` (the corpus stage) beside the Python
-reference (pandas + re) on the same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and peak RSS, and
+"""Corpus build benchmark: `ehrprep build --no-shards` (the corpus stage), with and without
+near-duplicate detection (the reference does none), beside the Python reference (pandas +
+re) on the same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and peak RSS, and
 the ratios. Not a test: run it by hand, and put its output in the README.
 
 Usage: bench_build.py [--notes N ...] [--bin target/.../ehrprep] [--workdir DIR]
@@ -57,18 +58,21 @@ def main():
                            check=True, stdout=subprocess.DEVNULL)
         mb = raw_mb(synth)
         results = {}
+        build = [binary, "build", "--mimic-dir", synth, "--out",
+                 os.path.join(work, f"out-{n}"), "--force", "--quiet", "--no-shards"]
         for tool, cmd in [
-            ("ehrprep", [binary, "build", "--mimic-dir", synth, "--out",
-                         os.path.join(work, f"out-{n}"), "--force", "--quiet",
-                         "--no-shards"]),
+            ("ehrprep", build),
+            ("no-neardup", build + ["--no-near-duplicates"]),
             ("python", [sys.executable, os.path.join(here, "reference_build.py"), synth,
                         os.path.join(work, f"ref-{n}")]),
         ]:
             secs, rss = run(cmd)
             results[tool] = (secs, rss)
             print(f"{n:>8} {tool:>10} {secs:>8.2f} {n / secs:>9.0f} {mb / secs:>6.1f} {rss:>9.0f}")
-        (es, er), (ps, pr) = results["ehrprep"], results["python"]
-        print(f"{n:>8} {'ratio':>10} throughput x{ps / es:.2f}, peak memory x{er / pr:.2f} of the reference")
+        ps, pr = results["python"]
+        for tool in ("ehrprep", "no-neardup"):
+            es, er = results[tool]
+            print(f"{n:>8} {tool:>10} throughput x{ps / es:.2f}, peak memory x{er / pr:.2f} of the reference")
     if not args.workdir:
         shutil.rmtree(work)
 

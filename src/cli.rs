@@ -277,6 +277,10 @@ struct BuildArgs {
     /// Corpus recipe.
     #[arg(long, value_enum, default_value_t = RecipeArg::Paper)]
     recipe: RecipeArg,
+    /// Skip near-duplicate detection (MinHash): `dedup_clusters` stays empty, the build is
+    /// faster. The paper's recipe does not use it; `--recipe strict` needs it.
+    #[arg(long)]
+    no_near_duplicates: bool,
     /// Downstream task files (RadQA json, CLIP sentence_level.csv): their patients are removed.
     #[arg(long, value_name = "DIR")]
     task_data: Option<PathBuf>,
@@ -600,6 +604,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         RecipeArg::Paper => Recipe::Paper,
         RecipeArg::Strict => Recipe::Strict,
     };
+    config.near_duplicates = !args.no_near_duplicates;
     config.deid = match args.deid {
         DeidArg::Tags => Deid::Tags,
         DeidArg::Keep => Deid::Keep,

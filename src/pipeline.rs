@@ -60,6 +60,8 @@ pub struct BuildConfig {
     pub batch_notes: usize,
     /// Tokenizer and shards after the corpus; `None` stops at the corpus.
     pub pack: Option<PackSettings>,
+    /// Find near duplicates (MinHash) into `dedup_clusters`; `Recipe::Strict` needs it.
+    pub near_duplicates: bool,
     pub minhash: crate::dedup::MinHashConfig,
 }
 
@@ -75,6 +77,7 @@ impl BuildConfig {
             force: false,
             batch_notes: 8192,
             pack: Some(PackSettings::default()),
+            near_duplicates: true,
             minhash: crate::dedup::MinHashConfig::default(),
         }
     }
@@ -105,6 +108,12 @@ impl BuildSummary {
 /// Runs a whole corpus build into `config.out`.
 pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildSummary> {
     let started = Instant::now();
+    if config.recipe == Recipe::Strict && !config.near_duplicates {
+        return Err(Error::Invalid(
+            "--recipe strict drops near duplicates, so it cannot run with --no-near-duplicates"
+                .into(),
+        ));
+    }
     let inputs = discover::discover(&config.mimic_dir)?;
     for line in inputs.describe() {
         reporter.note(&format!("found {line}"));
@@ -189,6 +198,7 @@ fn build_into(
         sketches,
     } = normalize_and_decide(&conn, config, &build_id, reporter)?;
     stage_done("normalize");
+    // Without near-duplicate detection there are no sketches: no clusters, an empty table.
     let remove = config.recipe == Recipe::Strict;
     let (near, near_chars) =
         crate::dedup::run(&conn, &build_id, &config.minhash, &sketches, remove)?;
@@ -553,11 +563,13 @@ impl DecideState<'_> {
         }
         // MinHash sketches of the kept notes, in parallel while their text is in memory,
         // so de-duplication never reads the corpus back.
-        let kept_sketches: Vec<Sketch> = kept_text
-            .par_iter()
-            .map(|text| config.minhash.sketch(text))
-            .collect();
-        kept_sketches.iter().for_each(|s| self.sketches.push(s));
+        if config.near_duplicates {
+            let kept_sketches: Vec<Sketch> = kept_text
+                .par_iter()
+                .map(|text| config.minhash.sketch(text))
+                .collect();
+            kept_sketches.iter().for_each(|s| self.sketches.push(s));
+        }
         Ok(Decisions {
             note_count: notes.len() as u64,
             outcome: RecordBatch::try_from_iter([

@@ -701,4 +701,37 @@ fn near_duplicates_are_recorded_and_dropped_only_under_strict() {
             "{recipe}"
         );
     }
+
+    // Without near-duplicate detection: the same decisions and corpus as the paper recipe,
+    // an empty dedup_clusters table; strict, which needs it, is refused.
+    let d = Dir::new();
+    d.write("mimic/NOTEEVENTS.csv", &csv);
+    let build = |out: &str, extra: &[&str]| {
+        let mut args = vec!["build", "--no-shards", "--mimic-dir", "mimic", "--out", out];
+        args.extend_from_slice(extra);
+        d.ehrprep(&args)
+    };
+    build("with", &[]).ok();
+    build("without", &["--no-near-duplicates"]).ok();
+    let dump = |out: &str| {
+        let conn = catalog(&d.join(out));
+        (
+            rows(
+                &conn,
+                "SELECT note_id, reason FROM note_decisions ORDER BY note_id",
+            ),
+            rows(&conn, "SELECT seq, note_id, text FROM corpus ORDER BY seq"),
+            rows(&conn, "SELECT count(*) FROM dedup_clusters"),
+        )
+    };
+    let (with, without) = (dump("with"), dump("without"));
+    assert_eq!(with.0, without.0);
+    assert_eq!(with.1, without.1);
+    assert_eq!(
+        (with.2, without.2),
+        (vec![vec!["2".to_string()]], vec![vec!["0".to_string()]])
+    );
+    let err = build("strict", &["--recipe", "strict", "--no-near-duplicates"]).fails();
+    assert!(err.contains("--no-near-duplicates"), "{err}");
+    assert!(!d.join("strict/catalog.duckdb").exists());
 }
