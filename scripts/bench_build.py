@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Corpus build benchmark: `ehrprep build --no-shards` (the corpus stage), with and without
 near-duplicate detection (the reference does none), beside the Python reference (pandas +
-re) on the same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and peak RSS, and
-the ratios. Not a test: run it by hand, and put its output in the README.
+re) on the same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and
+peak RSS, and the ratios. Not a test: run it by hand, and put its output in the README.
 
 Usage: bench_build.py [--notes N ...] [--bin target/.../ehrprep] [--workdir DIR]
 Needs pandas for the reference (pip install pandas).

@@ -662,48 +662,6 @@ fn near_duplicates_are_recorded_and_dropped_only_under_strict() {
         m3_row(2, 2, "", "", "", "Echo", "", "", &b),
         m3_row(3, 3, "", "", "", "Echo", "", "", &c)
     );
-    for (recipe, reason_of_2, corpus) in [("paper", "kept", "3"), ("strict", "near_duplicate", "2")]
-    {
-        let d = Dir::new();
-        d.write("mimic/NOTEEVENTS.csv", &csv);
-        d.ehrprep(&[
-            "build",
-            "--no-shards",
-            "--mimic-dir",
-            "mimic",
-            "--out",
-            "out",
-            "--recipe",
-            recipe,
-        ])
-        .ok();
-        let got = decisions(&d.join("out"));
-        assert_eq!(got[&("mimic-iii".to_string(), "1".to_string())], "kept");
-        assert_eq!(
-            got[&("mimic-iii".to_string(), "2".to_string())],
-            reason_of_2,
-            "{recipe}"
-        );
-        assert_eq!(got[&("mimic-iii".to_string(), "3".to_string())], "kept");
-        let conn = catalog(&d.join("out"));
-        let clusters = rows(
-            &conn,
-            "SELECT cluster_id, note_id, first FROM dedup_clusters ORDER BY note_id",
-        );
-        assert_eq!(
-            clusters,
-            [["1", "1", "true"], ["1", "2", "false"]].map(|r| r.map(String::from)),
-            "{recipe}"
-        );
-        assert_eq!(
-            rows(&conn, "SELECT count(*) FROM corpus"),
-            [[corpus.to_string()]],
-            "{recipe}"
-        );
-    }
-
-    // Without near-duplicate detection: the same decisions and corpus as the paper recipe,
-    // an empty dedup_clusters table; strict, which needs it, is refused.
     let d = Dir::new();
     d.write("mimic/NOTEEVENTS.csv", &csv);
     let build = |out: &str, extra: &[&str]| {
@@ -711,27 +669,59 @@ fn near_duplicates_are_recorded_and_dropped_only_under_strict() {
         args.extend_from_slice(extra);
         d.ehrprep(&args)
     };
-    build("with", &[]).ok();
-    build("without", &["--no-near-duplicates"]).ok();
-    let dump = |out: &str| {
-        let conn = catalog(&d.join(out));
+    let pair = [["1", "1", "true"], ["1", "2", "false"]].map(|r| r.map(String::from));
+    // Without near-duplicate detection: the paper recipe's decisions, no clusters.
+    let cases = [
         (
-            rows(
-                &conn,
-                "SELECT note_id, reason FROM note_decisions ORDER BY note_id",
-            ),
-            rows(&conn, "SELECT seq, note_id, text FROM corpus ORDER BY seq"),
-            rows(&conn, "SELECT count(*) FROM dedup_clusters"),
-        )
-    };
-    let (with, without) = (dump("with"), dump("without"));
-    assert_eq!(with.0, without.0);
-    assert_eq!(with.1, without.1);
+            "paper",
+            vec!["--recipe", "paper"],
+            "kept",
+            "3",
+            pair.to_vec(),
+        ),
+        (
+            "strict",
+            vec!["--recipe", "strict"],
+            "near_duplicate",
+            "2",
+            pair.to_vec(),
+        ),
+        ("no-near", vec!["--no-near-duplicates"], "kept", "3", vec![]),
+    ];
+    let mut corpora = Vec::new();
+    for (out, extra, reason_of_2, corpus, clusters) in cases {
+        build(out, &extra).ok();
+        let got = decisions(&d.join(out));
+        assert_eq!(got[&("mimic-iii".to_string(), "1".to_string())], "kept");
+        assert_eq!(
+            got[&("mimic-iii".to_string(), "2".to_string())],
+            reason_of_2,
+            "{out}"
+        );
+        assert_eq!(got[&("mimic-iii".to_string(), "3".to_string())], "kept");
+        let conn = catalog(&d.join(out));
+        let found = rows(
+            &conn,
+            "SELECT cluster_id, note_id, first FROM dedup_clusters ORDER BY note_id",
+        );
+        assert_eq!(found, clusters, "{out}");
+        assert_eq!(
+            rows(&conn, "SELECT count(*) FROM corpus"),
+            [[corpus.to_string()]],
+            "{out}"
+        );
+        corpora.push(rows(
+            &conn,
+            "SELECT seq, note_id, text FROM corpus ORDER BY seq",
+        ));
+    }
     assert_eq!(
-        (with.2, without.2),
-        (vec![vec!["2".to_string()]], vec![vec!["0".to_string()]])
+        corpora[0], corpora[2],
+        "the paper recipe without near duplicates"
     );
-    let err = build("strict", &["--recipe", "strict", "--no-near-duplicates"]).fails();
+
+    // Strict needs near-duplicate detection: refused before OUT is touched.
+    let err = build("refused", &["--recipe", "strict", "--no-near-duplicates"]).fails();
     assert!(err.contains("--no-near-duplicates"), "{err}");
-    assert!(!d.join("strict/catalog.duckdb").exists());
+    assert!(!d.join("refused/catalog.duckdb").exists());
 }
