@@ -133,3 +133,63 @@ fn greedy_and_beam_search_match_transformers_generate() {
         assert_eq!(beam, rows_of(&g["beam3"]), "{name}: beam 3");
     }
 }
+
+/// Adafactor steps as finetuning (fixed rate) and pretraining (rate scaled by each
+/// parameter's RMS) take them, gradient norm clipped at 1 first: the losses along the way
+/// and every weight after the last step match transformers' Adafactor on the same batch.
+#[test]
+fn adafactor_steps_match_transformers() {
+    use ehrprep_t5::optim::{Optimizer, OptimizerKind, clip_grad_norm};
+    let dir = fixture("v1_0");
+    let expected: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("train_golden.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let batch = &golden("v1_0").1;
+    for (run, scale_parameter) in [("fixed", false), ("scaled", true)] {
+        let config = T5Config::read(&dir).unwrap();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = T5::new(&vs, config.clone(), Kind::Float);
+        load_hf(&mut vs, &dir, config.vocab_size).unwrap();
+        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut optimizer = Optimizer::new(OptimizerKind::Adafactor);
+        optimizer.scale_parameter = scale_parameter;
+        let want: Vec<f64> = Vec::try_from(&expected[&format!("{run}.losses")]).unwrap();
+        for (step, want) in want.iter().enumerate() {
+            for (_, p) in &params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let loss = model.loss(
+                &batch["input_ids"],
+                &batch["attention_mask"],
+                &batch["labels"],
+                true,
+            );
+            loss.backward();
+            let got = loss.double_value(&[]);
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{run}: loss before step {step}: {got} vs {want}"
+            );
+            clip_grad_norm(&params, 1.0);
+            optimizer.step(&params, 1e-2);
+        }
+        let mut compared = 0;
+        for (name, p) in &params {
+            let theirs = &expected[&format!("{run}.{name}")];
+            let diff = (p - theirs).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "{run}: `{name}` differs by up to {diff}");
+            compared += 1;
+        }
+        let golden_weights = expected
+            .keys()
+            .filter(|k| k.starts_with(&format!("{run}.")) && !k.ends_with(".losses"))
+            .count();
+        assert_eq!(compared, golden_weights, "{run}: every weight compared");
+    }
+}
