@@ -49,6 +49,7 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
+    /// Uniform in `lo..=hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi - lo + 1)
     }
@@ -135,23 +136,44 @@ const MEDS: &[&str] = &[
 ];
 
 /// Radiology findings: (what a question asks about, the phrase in the report).
+/// Findings a radiology report may state, each with the question a referring clinician
+/// asks about it. As in RadQA, questions are written from the referral, not the report:
+/// they share no word with the report's wording of the finding.
 const FINDINGS: &[(&str, &str)] = &[
-    ("pleural effusion", "small left pleural effusion"),
-    ("pneumothorax", "tiny right apical pneumothorax"),
-    ("consolidation", "right lower lobe consolidation"),
-    ("pulmonary edema", "mild pulmonary vascular congestion"),
-    ("cardiomegaly", "moderate cardiomegaly"),
-    ("atelectasis", "bibasilar atelectasis"),
-    ("fracture", "nondisplaced fracture of the left seventh rib"),
     (
-        "hemorrhage",
+        "Is there fluid around the lungs?",
+        "small left pleural effusion",
+    ),
+    (
+        "Is there air outside the lung?",
+        "tiny right apical pneumothorax",
+    ),
+    ("Is there an infiltrate?", "right lower lobe consolidation"),
+    (
+        "Is there fluid overload?",
+        "mild pulmonary vascular congestion",
+    ),
+    (
+        "Is the cardiac silhouette enlarged?",
+        "moderate cardiomegaly",
+    ),
+    (
+        "Is there volume loss at the bases?",
+        "bibasilar atelectasis",
+    ),
+    (
+        "Is there a broken bone?",
+        "nondisplaced fracture of the left seventh rib",
+    ),
+    (
+        "Is there intracranial blood?",
         "small subdural hemorrhage along the left convexity",
     ),
     (
-        "line position",
+        "Where does the catheter end?",
         "right internal jugular line terminating in the mid SVC",
     ),
-    ("nodule", "4 mm nodule in the right upper lobe"),
+    ("Is there a mass?", "4 mm nodule in the right upper lobe"),
 ];
 
 const EXAMS: &[&str] = &[
@@ -262,13 +284,15 @@ struct Mimic4Note {
 
 struct RadqaDoc {
     row_id: u64,
-    context: String,
+    /// The report's findings and impression: RadQA marks answers in these two sections
+    /// and asks each question against each.
+    sections: [String; 2],
     present: Vec<usize>,
 }
 
 struct ClipDoc {
     row_id: u64,
-    sentences: Vec<(String, Vec<&'static str>)>,
+    sentences: Vec<(String, Vec<String>)>,
 }
 
 /// A planted copy, draft or long note: (note id, kind, note id it copies).
@@ -417,7 +441,10 @@ impl<'c> Generator<'c> {
                     description,
                     clip,
                 } = self.mimic3_text(category, age, (y, m, day));
-                let clip = clip.filter(|_| self.quirk("clip", 0.1));
+                // Every templated summary goes to CLIP (the real set has 718 of ~59,000), so
+                // that a small synthetic corpus gives enough summaries to learn from. The
+                // draw stays, keeping the random stream as it was.
+                let clip = clip.filter(|_| self.quirk("clip", 1.0));
                 let is_long = self.config.long_notes && main_notes % long_every == 3;
                 main_notes += 1;
                 let mut note = Mimic3Note {
@@ -595,8 +622,8 @@ impl<'c> Generator<'c> {
 struct NoteText {
     text: String,
     description: String,
-    /// Follow-up sentences with their CLIP labels (templated discharge summaries).
-    clip: Option<Vec<(String, Vec<&'static str>)>>,
+    /// Follow-up sentences with their CLIP tags (templated discharge summaries).
+    clip: Option<Vec<(String, Vec<String>)>>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -753,7 +780,7 @@ impl Generator<'_> {
         age: u64,
         date: &str,
         style: Style,
-    ) -> (String, Vec<(String, Vec<&'static str>)>) {
+    ) -> (String, Vec<(String, Vec<String>)>) {
         let (blank, name_line) = match style {
             Style::Mimic3 => (String::new(), String::new()),
             Style::Mimic4 => (
@@ -815,24 +842,44 @@ impl Generator<'_> {
                 .pick(&["Home", "Home With Service", "Extended Care"]),
             self.rng.pick(CONDITIONS)
         ));
-        let mut sentences = Vec::new();
-        for _ in 0..self.rng.range(3, 7) {
-            if self.rng.chance(0.35) {
-                let s = self.rng.pick(CLIP_FILLER);
-                sentences.push((s.to_string(), Vec::new()));
-            } else {
-                let (label, options) =
-                    CLIP_SENTENCES[self.rng.below(CLIP_SENTENCES.len() as u64) as usize];
-                let s = options[self.rng.below(options.len() as u64) as usize];
-                let s = if iv {
-                    s.replace("[**Last Name (STitle) 1234**]", "___")
-                        .replace("[**2151-8-20**]", "___")
-                } else {
-                    s.to_string()
-                };
-                sentences.push((s, vec![label]));
-            }
+        // One follow-up item (sometimes two, of different kinds), each one to three
+        // sentences tagged B- then I- as CLIP tags multi-sentence items, with unlabeled
+        // sentences between and around the items. Drawn from a stream of their own, so a
+        // change here leaves the rest of the synthetic data as it was.
+        let mut rng = Rng::new(self.rng.next_u64());
+        let mut blocks: Vec<Vec<(String, Vec<String>)>> = Vec::new();
+        let mut kinds: Vec<usize> = Vec::new();
+        for _ in 0..if rng.chance(0.7) { 1 } else { 2 } {
+            let kind = loop {
+                let k = rng.below(CLIP_SENTENCES.len() as u64) as usize;
+                if !kinds.contains(&k) {
+                    break k;
+                }
+            };
+            kinds.push(kind);
+            let (label, options) = CLIP_SENTENCES[kind];
+            let first = rng.below(options.len() as u64) as usize;
+            let item = (0..rng.range(1, 3) as usize)
+                .map(|j| {
+                    let s = options[(first + j) % options.len()];
+                    let s = if iv {
+                        s.replace("[**Last Name (STitle) 1234**]", "___")
+                            .replace("[**2151-8-20**]", "___")
+                    } else {
+                        s.to_string()
+                    };
+                    let tag = if j == 0 { "B" } else { "I" };
+                    (s, vec![format!("{tag}-{label}")])
+                })
+                .collect();
+            blocks.push(item);
         }
+        for _ in 0..rng.range(1, 3) {
+            let at = rng.below(blocks.len() as u64 + 1) as usize;
+            let s = rng.pick(CLIP_FILLER);
+            blocks.insert(at, vec![(s.to_string(), Vec::new())]);
+        }
+        let sentences: Vec<(String, Vec<String>)> = blocks.into_iter().flatten().collect();
         for (s, _) in &sentences {
             t.push_str(s);
             t.push('\n');
@@ -1021,15 +1068,23 @@ impl Generator<'_> {
     }
 
     fn radqa_doc(&mut self, note: &Mimic3Note) {
+        let text = &note.text;
+        let (Some(report), Some(impression)) =
+            (text.find("FINAL REPORT\n"), text.find("IMPRESSION:"))
+        else {
+            return;
+        };
+        let findings = text[report + "FINAL REPORT\n".len()..impression].trim();
+        let impression = text[impression + "IMPRESSION:".len()..].trim();
         let present = FINDINGS
             .iter()
             .enumerate()
-            .filter(|(_, (_, phrase))| note.text.contains(phrase))
+            .filter(|(_, (_, phrase))| impression.contains(phrase))
             .map(|(i, _)| i)
             .collect();
         self.radqa.push(RadqaDoc {
             row_id: note.row_id,
-            context: note.text.clone(),
+            sections: [findings.to_string(), impression.to_string()],
             present,
         });
     }
@@ -1366,7 +1421,8 @@ impl Generator<'_> {
             )?;
         }
 
-        // RadQA: one question per finding, answerable where the report states it.
+        // RadQA: one question per finding, answerable where the report states it, asked
+        // of the findings and of the impression.
         let docs = std::mem::take(&mut self.radqa);
         let n = docs.len();
         let (a, b) = ((n * 8).div_ceil(10), (n * 9).div_ceil(10));
@@ -1374,25 +1430,34 @@ impl Generator<'_> {
         for (name, range) in parts {
             let mut data = Vec::new();
             for doc in &docs[range] {
-                let mut qas = Vec::new();
-                for (i, (what, phrase)) in FINDINGS.iter().enumerate() {
-                    if i % 3 != doc.row_id as usize % 3 && !doc.present.contains(&i) {
-                        continue;
+                let mut paragraphs = Vec::new();
+                for (section, context) in ["findings", "impression"].iter().zip(&doc.sections) {
+                    let mut qas = Vec::new();
+                    for (i, (question, phrase)) in FINDINGS.iter().enumerate() {
+                        let present = doc.present.contains(&i);
+                        if i % 3 != doc.row_id as usize % 3 && !present {
+                            continue;
+                        }
+                        let answer = present.then(|| {
+                            let (start, end) = find_words(context, phrase)
+                                .expect("a stated finding is in both sections");
+                            serde_json::json!({
+                                "text": &context[start..end],
+                                "answer_start": context[..start].chars().count(),
+                            })
+                        });
+                        qas.push(serde_json::json!({
+                            "id": format!("{}_{i}_{}", doc.row_id, &section[..1]),
+                            "question": question,
+                            "answers": answer.into_iter().collect::<Vec<_>>(),
+                            "is_impossible": !present,
+                        }));
                     }
-                    let answer = doc.present.contains(&i).then(|| {
-                        let byte = doc.context.find(phrase).expect("present findings are in the text");
-                        serde_json::json!({"text": phrase, "answer_start": doc.context[..byte].chars().count()})
-                    });
-                    qas.push(serde_json::json!({
-                        "id": format!("{}_{i}", doc.row_id),
-                        "question": format!("Is there evidence of {what}?"),
-                        "answers": answer.into_iter().collect::<Vec<_>>(),
-                        "is_impossible": !doc.present.contains(&i),
-                    }));
+                    paragraphs.push(serde_json::json!({"context": context, "qas": qas}));
                 }
                 data.push(serde_json::json!({
                     "title": doc.row_id.to_string(),
-                    "paragraphs": [{"context": doc.context, "qas": qas}],
+                    "paragraphs": paragraphs,
                 }));
             }
             let json = serde_json::json!({"version": "v2.0", "data": data});
@@ -1415,13 +1480,12 @@ impl Generator<'_> {
             for doc in &docs {
                 for (i, (sentence, labels)) in doc.sentences.iter().enumerate() {
                     let tokens: Vec<String> = sentence.split(' ').map(str::to_string).collect();
-                    let labels: Vec<String> = labels.iter().map(|l| format!("I-{l}")).collect();
                     writeln!(
                         w,
                         "{},{i},{},{}",
                         doc.row_id,
                         q4(&py_list(&tokens)),
-                        q4(&py_list(&labels))
+                        q4(&py_list(labels))
                     )?;
                 }
             }
@@ -1444,6 +1508,25 @@ impl Generator<'_> {
         }
         Ok(())
     }
+}
+
+/// Where `phrase` occurs in `text` with any run of whitespace between its words (a report
+/// wraps lines inside a finding): the byte range.
+fn find_words(text: &str, phrase: &str) -> Option<(usize, usize)> {
+    let words: Vec<&str> = phrase.split(' ').collect();
+    'start: for (start, _) in text.match_indices(words[0]) {
+        let mut end = start + words[0].len();
+        for word in &words[1..] {
+            let rest = &text[end..];
+            let gap = rest.len() - rest.trim_start().len();
+            if gap == 0 || !rest[gap..].starts_with(word) {
+                continue 'start;
+            }
+            end += gap + word.len();
+        }
+        return Some((start, end));
+    }
+    None
 }
 
 fn data_len(json: &serde_json::Value) -> u64 {

@@ -183,12 +183,101 @@ fn synth_corpus_builds_and_exercises_every_rule() {
 fn shipped_fixtures_are_what_synth_makes() {
     let d = Dir::new();
     d.ehrprep(&[
-        "synth", "--out", "fx", "--notes", "240", "--seed", "7", "--plain",
+        "synth", "--out", "fx", "--notes", "240", "--seed", "5", "--plain",
     ])
     .ok();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic");
     assert!(
         files(&d.join("fx")) == files(&shipped),
-        "fixtures/mimic differs from `ehrprep synth --notes 240 --seed 7 --plain`; regenerate and review it"
+        "fixtures/mimic differs from `ehrprep synth --notes 240 --seed 5 --plain`; regenerate and review it"
     );
+}
+
+#[test]
+fn synthetic_tasks_have_the_shapes_of_the_real_ones() {
+    let d = Dir::new();
+    d.ehrprep(&["synth", "--out", "s", "--notes", "4000", "--seed", "5"])
+        .ok();
+    // RadQA: each report's findings and impression are two contexts, asked the same
+    // questions; answers are spans of their context; questions come from the referral,
+    // sharing no word with the report's wording; about half are unanswerable.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("s/tasks/radqa/train.json")).unwrap())
+            .unwrap();
+    let (mut questions, mut impossible) = (0, 0);
+    for article in json["data"].as_array().unwrap() {
+        let paragraphs = article["paragraphs"].as_array().unwrap();
+        assert_eq!(paragraphs.len(), 2, "{article}");
+        assert_eq!(
+            paragraphs[0]["qas"].as_array().unwrap().len(),
+            paragraphs[1]["qas"].as_array().unwrap().len()
+        );
+        for p in paragraphs {
+            let context = p["context"].as_str().unwrap();
+            let words: Vec<String> = context
+                .split(|c: char| !c.is_alphanumeric())
+                .map(str::to_lowercase)
+                .collect();
+            for qa in p["qas"].as_array().unwrap() {
+                questions += 1;
+                let question = qa["question"].as_str().unwrap();
+                for w in question.split(|c: char| !c.is_alphanumeric()) {
+                    let w = w.to_lowercase();
+                    if w.len() > 3 && w != "there" && w != "does" {
+                        assert!(
+                            !words.contains(&w),
+                            "`{w}` of `{question}` is in its context"
+                        );
+                    }
+                }
+                let answers = qa["answers"].as_array().unwrap();
+                if qa["is_impossible"].as_bool().unwrap() {
+                    impossible += 1;
+                    assert!(answers.is_empty());
+                    continue;
+                }
+                let text = answers[0]["text"].as_str().unwrap();
+                let start = answers[0]["answer_start"].as_u64().unwrap() as usize;
+                let span: String = context
+                    .chars()
+                    .skip(start)
+                    .take(text.chars().count())
+                    .collect();
+                assert_eq!(span, text);
+            }
+        }
+    }
+    assert!(questions > 40, "{questions}");
+    let share = impossible as f64 / questions as f64;
+    assert!((0.3..0.7).contains(&share), "{share}");
+
+    // CLIP: follow-up items of one to three consecutive sentences, B- first, then I- of
+    // the same label; unlabeled sentences between items.
+    let conn = duckdb::Connection::open_in_memory().unwrap();
+    let labels = rows(
+        &conn,
+        &format!(
+            "SELECT labels FROM read_csv('{}', all_varchar = true) \
+             ORDER BY doc_id::INT, sent_index::INT",
+            d.join("s/tasks/clip/sentence_level.csv").display()
+        ),
+    );
+    let (mut previous, mut run, mut items) = (String::new(), 0, 0);
+    for row in &labels {
+        let tags = ehrprep::task_data::python_str_list(&row[0]).unwrap();
+        assert!(tags.len() <= 1, "{tags:?}");
+        let tag = tags.first().cloned().unwrap_or_default();
+        if let Some(label) = tag.strip_prefix("I-") {
+            assert_eq!(previous, label, "an I- tag continues the item before it");
+            run += 1;
+            assert!(run <= 3);
+        } else if let Some(label) = tag.strip_prefix("B-") {
+            items += 1;
+            (previous, run) = (label.to_string(), 1);
+        } else {
+            assert!(tag.is_empty(), "{tag}");
+            (previous, run) = (String::new(), 0);
+        }
+    }
+    assert!(items > 20, "{items}");
 }
