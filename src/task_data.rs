@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(e.id, "synth-0");
         assert_eq!(
             e.input,
-            "mednli premise: The patient with history of hypothyroidism. hypothesis: The patient has no history of an endocrine disorder."
+            "mednli premise: The patient with history of cirrhosis. hypothesis: The patient has no history of liver disease."
         );
         assert_eq!(e.target, "contradiction");
     }
@@ -532,11 +532,17 @@ mod tests {
     fn radqa_targets_are_the_first_answer_or_nothing() {
         let splits = read(Task::Radqa, &fixtures().join("radqa"), &words).unwrap();
         let all: Vec<&Example> = splits.train.iter().chain(&splits.validation).collect();
+        assert!(all.iter().all(|e| e.input.starts_with("question: ")));
+        assert!(all.iter().all(|e| e.input.contains("? context: ")));
+        // Each question is asked of the findings and of the impression.
+        assert_eq!(
+            all.iter().filter(|e| e.id.ends_with("_f")).count() * 2,
+            all.len()
+        );
         assert!(
             all.iter()
-                .all(|e| e.input.starts_with("question: Is there evidence of "))
+                .any(|e| !e.target.is_empty() && e.input.ends_with(&format!("{}.", e.target)))
         );
-        assert!(all.iter().all(|e| e.input.contains(" context: ")));
         assert!(
             all.iter()
                 .any(|e| e.target.is_empty() && e.answers.is_empty())
@@ -552,9 +558,22 @@ mod tests {
     #[test]
     fn clip_windows_sentences_and_sorts_labels() {
         let splits = read(Task::Clip, &fixtures().join("clip"), &words).unwrap();
-        let e = &splits.train[0];
-        assert_eq!(e.id, "5_0");
-        assert_eq!(e.target, "Appointment-related followup");
+        let targets: Vec<&str> = splits.train.iter().map(|e| e.target.as_str()).collect();
+        // B- and I- tags alike give the label.
+        assert_eq!(
+            targets,
+            [
+                "",
+                "Appointment-related followup",
+                "Appointment-related followup",
+                "Appointment-related followup",
+                "Lab-related followup",
+                "",
+                ""
+            ]
+        );
+        let e = &splits.train[3];
+        assert_eq!(e.id, "46_3");
         assert!(
             e.input.ends_with(
                 " ; Please call to schedule a follow up visit with neurology in 2 weeks."
@@ -563,7 +582,7 @@ mod tests {
         // The whole (short) summary fits in the window.
         assert!(
             e.input
-                .contains("Your pathology results were still pending at discharge.")
+                .starts_with("It was a pleasure taking care of you. Please")
         );
     }
 
