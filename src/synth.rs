@@ -1552,6 +1552,16 @@ mod tests {
     }
 
     #[test]
+    fn phrases_are_found_across_wrapped_lines() {
+        let text = "There is small left\n pleural effusion. There is small";
+        let (start, end) = find_words(text, "small left pleural effusion").unwrap();
+        assert_eq!(&text[start..end], "small left\n pleural effusion");
+        // Words must be separated, and a later false start does not match.
+        assert_eq!(find_words("smallleft pleural", "small left pleural"), None);
+        assert_eq!(find_words(text, "small right"), None);
+    }
+
+    #[test]
     fn wrap_keeps_words_and_width() {
         let text = "one two three four five six seven eight nine ten";
         let wrapped = wrap(text, 12);
