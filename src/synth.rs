@@ -135,7 +135,6 @@ const MEDS: &[&str] = &[
     "Albuterol Inhaler 2 PUFF IH Q4H:PRN wheeze",
 ];
 
-/// Radiology findings: (what a question asks about, the phrase in the report).
 /// Findings a radiology report may state, each with the question a referring clinician
 /// asks about it. As in RadQA, questions are written from the referral, not the report:
 /// they share no word with the report's wording of the finding.
@@ -287,7 +286,8 @@ struct RadqaDoc {
     /// The report's findings and impression: RadQA marks answers in these two sections
     /// and asks each question against each.
     sections: [String; 2],
-    present: Vec<usize>,
+    /// The findings the report states, each with its byte range in either section.
+    present: Vec<(usize, [(usize, usize); 2])>,
 }
 
 struct ClipDoc {
@@ -1074,17 +1074,22 @@ impl Generator<'_> {
         else {
             return;
         };
-        let findings = text[report + "FINAL REPORT\n".len()..impression].trim();
-        let impression = text[impression + "IMPRESSION:".len()..].trim();
-        let present = FINDINGS
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, phrase))| impression.contains(phrase))
-            .map(|(i, _)| i)
-            .collect();
+        let sections = [
+            text[report + "FINAL REPORT\n".len()..impression].trim(),
+            text[impression + "IMPRESSION:".len()..].trim(),
+        ];
+        let mut present = Vec::new();
+        for (i, (_, phrase)) in FINDINGS.iter().enumerate() {
+            match sections.map(|s| find_words(s, phrase)) {
+                [Some(f), Some(imp)] => present.push((i, [f, imp])),
+                [None, None] => {}
+                // A quirk broke the phrase in one section: no clean answer, no document.
+                _ => return,
+            }
+        }
         self.radqa.push(RadqaDoc {
             row_id: note.row_id,
-            sections: [findings.to_string(), impression.to_string()],
+            sections: sections.map(str::to_string),
             present,
         });
     }
@@ -1431,26 +1436,24 @@ impl Generator<'_> {
             let mut data = Vec::new();
             for doc in &docs[range] {
                 let mut paragraphs = Vec::new();
-                for (section, context) in ["findings", "impression"].iter().zip(&doc.sections) {
+                for (k, context) in doc.sections.iter().enumerate() {
                     let mut qas = Vec::new();
-                    for (i, (question, phrase)) in FINDINGS.iter().enumerate() {
-                        let present = doc.present.contains(&i);
-                        if i % 3 != doc.row_id as usize % 3 && !present {
+                    for (i, (question, _)) in FINDINGS.iter().enumerate() {
+                        let span = doc.present.iter().find(|(f, _)| *f == i).map(|(_, s)| s[k]);
+                        if i % 3 != doc.row_id as usize % 3 && span.is_none() {
                             continue;
                         }
-                        let answer = present.then(|| {
-                            let (start, end) = find_words(context, phrase)
-                                .expect("a stated finding is in both sections");
+                        let answer = span.map(|(start, end)| {
                             serde_json::json!({
                                 "text": &context[start..end],
                                 "answer_start": context[..start].chars().count(),
                             })
                         });
                         qas.push(serde_json::json!({
-                            "id": format!("{}_{i}_{}", doc.row_id, &section[..1]),
+                            "id": format!("{}_{i}_{}", doc.row_id, ["f", "i"][k]),
                             "question": question,
                             "answers": answer.into_iter().collect::<Vec<_>>(),
-                            "is_impossible": !present,
+                            "is_impossible": span.is_none(),
                         }));
                     }
                     paragraphs.push(serde_json::json!({"context": context, "qas": qas}));
