@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS eval_runs (
 CREATE TABLE IF NOT EXISTS eval_metrics (
     eval_run_id VARCHAR NOT NULL,
     split       VARCHAR NOT NULL, -- train (loss per epoch) | validation (per epoch) | test (best epoch)
-    epoch       BIGINT NOT NULL,  -- 1-based
+                                  -- | majority (chance: the most frequent training target on test)
+    epoch       BIGINT NOT NULL,  -- 1-based; 0 for majority
     metric      VARCHAR NOT NULL, -- accuracy | exact_match | f1 | micro_f1 | macro_f1 | loss
     value       DOUBLE NOT NULL
 );
@@ -44,11 +45,15 @@ CREATE TABLE IF NOT EXISTS paper_results (
     metric   VARCHAR NOT NULL,
     value    DOUBLE NOT NULL
 );
--- Mean and spread over seeds of each test metric.
+-- Mean and spread over seeds of each test metric, beside chance (the majority rows) where
+-- the runs recorded it.
 CREATE OR REPLACE VIEW eval_summary AS
 SELECT r.model, r.checkpoint, r.task, r.fraction, m.metric,
-       avg(m.value) AS mean, stddev_samp(m.value) AS sd, count(*) AS seeds
+       avg(m.value) AS mean, stddev_samp(m.value) AS sd, count(*) AS seeds,
+       avg(c.value) AS majority
 FROM eval_runs r JOIN eval_metrics m USING (eval_run_id)
+LEFT JOIN eval_metrics c ON c.eval_run_id = m.eval_run_id AND c.split = 'majority'
+ AND c.metric = m.metric
 WHERE m.split = 'test' AND r.status = 'finished'
 GROUP BY ALL;
 -- Our test results beside the paper's for the same task, fraction, metric and model size.
@@ -90,7 +95,7 @@ INSERT INTO eval_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now()
 UPDATE eval_runs SET status = 'running', finished_at = NULL WHERE eval_run_id = ?;
 
 -- name: forget_epochs_from
-DELETE FROM eval_metrics WHERE eval_run_id = ? AND (epoch >= ? OR split = 'test');
+DELETE FROM eval_metrics WHERE eval_run_id = ? AND (epoch >= ? OR split IN ('test', 'majority'));
 
 -- name: forget_predictions
 DELETE FROM eval_predictions WHERE eval_run_id = ?;

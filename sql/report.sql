@@ -11,7 +11,7 @@ SELECT r.run_id, r.model, coalesce(r.device, '?'), r.status, r.steps_done,
 FROM train_runs r ORDER BY r.started_at;
 
 -- name: eval_summary
-SELECT model, task, fraction, metric, mean, coalesce(sd, 0), seeds FROM eval_summary
+SELECT model, task, fraction, metric, mean, coalesce(sd, 0), seeds, majority FROM eval_summary
 ORDER BY task, metric, model, fraction;
 
 -- name: paper

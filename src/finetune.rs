@@ -261,6 +261,22 @@ pub fn score(
     }
 }
 
+/// Chance, as a constant predictor fitted on the training examples sees it: the test
+/// metrics of answering every test example with the most frequent training target (the
+/// smallest of equally frequent ones).
+pub fn majority(task: Task, train: &[Example], test: &[Example]) -> Vec<(String, f64)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for e in train {
+        *counts.entry(e.target.as_str()).or_default() += 1;
+    }
+    let most = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_default();
+    score(task, &vec![most; test.len()], test).0
+}
+
 /// The catalog, the tokenizer and its sha256: given, or the pretraining build's.
 pub(crate) fn catalog_and_tokenizer(
     config: &FinetuneConfig,
@@ -591,6 +607,14 @@ pub fn run(
                             &splits.test,
                             &test,
                         )?;
+                        for (metric, value) in majority(config.task, &train_examples, &splits.test)
+                        {
+                            conn.execute(
+                                EVAL.get("insert_metric"),
+                                params![id, "majority", 0i64, metric, value],
+                            )
+                            .map_err(Error::catalog("recording a metric"))?;
+                        }
                         test_scores = scores;
                         state.tested = true;
                         let json = serde_json::to_string_pretty(&state).expect("state serializes");
@@ -706,5 +730,51 @@ impl HostSink for Quiet<'_> {
     fn event(&mut self, _: &str) {}
     fn cancelled(&mut self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(target: &str, answers: &[&str]) -> Example {
+        Example {
+            id: String::new(),
+            group: String::new(),
+            input: String::new(),
+            target: target.into(),
+            answers: answers.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn majority_answers_the_most_frequent_training_target() {
+        // A tie goes to the smaller target: contradiction (2) over entailment (2).
+        let train: Vec<Example> = ["entailment", "contradiction", "neutral", "entailment"]
+            .iter()
+            .chain(&["contradiction"])
+            .map(|t| example(t, &[]))
+            .collect();
+        let test = [example("contradiction", &[]), example("neutral", &[])];
+        assert_eq!(
+            majority(Task::Mednli, &train, &test),
+            [("accuracy".to_string(), 0.5)]
+        );
+        // RadQA: mostly unanswerable, so chance answers nothing.
+        let train = [
+            example("", &[]),
+            example("", &[]),
+            example("a finding", &["a finding"]),
+        ];
+        let test = [
+            example("", &[]),
+            example("a finding", &["a finding"]),
+            example("", &[]),
+            example("", &[]),
+        ];
+        assert_eq!(
+            majority(Task::Radqa, &train, &test),
+            [("exact_match".to_string(), 0.75), ("f1".to_string(), 0.75)]
+        );
     }
 }

@@ -116,6 +116,7 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             mean: r.get(4)?,
             sd: r.get(5)?,
             seeds: r.get(6)?,
+            majority: r.get(7)?,
         })
     })?;
     let paper: Vec<(MetricKey, f64)> = query(&conn, REPORT.get("paper"), |r| {
@@ -133,7 +134,7 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             continue;
         }
         let _ = writeln!(md, "### {}\n", task.as_str());
-        md.push_str("| model | fraction | metric | mean | sd | seeds |\n| --- | ---: | --- | ---: | ---: | ---: |\n");
+        md.push_str("| model | fraction | metric | mean | sd | seeds | majority |\n| --- | ---: | --- | ---: | ---: | ---: | ---: |\n");
         for r in &of_task {
             let MetricKey {
                 model,
@@ -141,9 +142,10 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
                 metric,
                 ..
             } = &r.key;
+            let majority = r.majority.map_or("-".to_string(), |m| format!("{m:.4}"));
             let _ = writeln!(
                 md,
-                "| {model} | {fraction} | {metric} | {:.4} | {:.4} | {} |",
+                "| {model} | {fraction} | {metric} | {:.4} | {:.4} | {} | {majority} |",
                 r.mean, r.sd, r.seeds
             );
         }
@@ -227,4 +229,6 @@ struct MetricRow {
     mean: f64,
     sd: f64,
     seeds: i64,
+    /// Chance: the most frequent training target's score, where the runs recorded it.
+    majority: Option<f64>,
 }
