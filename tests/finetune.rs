@@ -199,6 +199,12 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
         "SELECT count(*), count(DISTINCT train_run_id), count(DISTINCT fraction) FROM eval_runs",
     );
     assert_eq!(runs, [vec!["2", "1", "1"]]);
+    // It records chance too, the same as the finetuning run's on the same test set.
+    let chances = query(
+        &dir,
+        "SELECT count(*), count(DISTINCT value) FROM eval_metrics WHERE split = 'majority'",
+    );
+    assert_eq!(chances, [vec!["2", "1"]]);
 
     // Continuing the same run with another learning rate is refused.
     let stderr = dir
