@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS eval_runs (
 CREATE TABLE IF NOT EXISTS eval_metrics (
     eval_run_id VARCHAR NOT NULL,
     split       VARCHAR NOT NULL, -- train (loss per epoch) | validation (per epoch) | test (best epoch)
-                                  -- | majority (chance: the most frequent training target on test)
+                                  -- | majority (chance: the most frequent training target, scored
+                                  --   on the same examples as test)
     epoch       BIGINT NOT NULL,  -- 1-based; 0 for majority
     metric      VARCHAR NOT NULL, -- accuracy | exact_match | f1 | micro_f1 | macro_f1 | loss
     value       DOUBLE NOT NULL
