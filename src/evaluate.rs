@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::finetune::{
     FinetuneConfig, Quiet, RunState, catalog_and_tokenizer, encode, lineage, majority, predict,
-    record_test, score, write_jsonl,
+    record_metrics, record_test, score, write_jsonl,
 };
 use crate::plugin::Plugin;
 use crate::sql::EVAL;
@@ -160,13 +160,13 @@ pub fn run(
     )?;
     // Chance on the same examples, from the training examples the finetuning run drew.
     let train = crate::task_data::sample(&splits.train, fraction, seed as u64);
-    for (metric, value) in majority(config.task, &train, &examples) {
-        conn.execute(
-            EVAL.get("insert_metric"),
-            params![id, "majority", 0i64, metric, value],
-        )
-        .map_err(Error::catalog("recording a metric"))?;
-    }
+    record_metrics(
+        &conn,
+        &id,
+        "majority",
+        0,
+        &majority(config.task, &train, &examples),
+    )?;
     conn.execute(
         EVAL.get("finish_run"),
         params!["finished", epoch as i64, id],

@@ -552,13 +552,7 @@ pub fn run(
                     break;
                 };
                 let (scores, _) = score(config.task, &predictions, &splits.validation);
-                for (metric, value) in &scores {
-                    conn.execute(
-                        EVAL.get("insert_metric"),
-                        params![id, "validation", e as i64 + 1, metric, value],
-                    )
-                    .map_err(Error::catalog("recording a metric"))?;
-                }
+                record_metrics(&conn, &id, "validation", e as i64 + 1, &scores)?;
                 let selected = scores
                     .iter()
                     .find(|(m, _)| m == config.task.selection_metric())
@@ -607,14 +601,8 @@ pub fn run(
                             &splits.test,
                             &test,
                         )?;
-                        for (metric, value) in majority(config.task, &train_examples, &splits.test)
-                        {
-                            conn.execute(
-                                EVAL.get("insert_metric"),
-                                params![id, "majority", 0i64, metric, value],
-                            )
-                            .map_err(Error::catalog("recording a metric"))?;
-                        }
+                        let chance = majority(config.task, &train_examples, &splits.test);
+                        record_metrics(&conn, &id, "majority", 0, &chance)?;
                         test_scores = scores;
                         state.tested = true;
                         let json = serde_json::to_string_pretty(&state).expect("state serializes");
@@ -645,6 +633,24 @@ pub fn run(
     Ok(summaries)
 }
 
+/// One `eval_metrics` row per (metric, value).
+pub(crate) fn record_metrics(
+    conn: &Connection,
+    id: &str,
+    split: &str,
+    epoch: i64,
+    scores: &[(String, f64)],
+) -> Result<()> {
+    for (metric, value) in scores {
+        conn.execute(
+            EVAL.get("insert_metric"),
+            params![id, split, epoch, metric, value],
+        )
+        .map_err(Error::catalog("recording a metric"))?;
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_test(
     conn: &Connection,
@@ -658,13 +664,7 @@ pub(crate) fn record_test(
     encoded: &[Encoded<'_>],
 ) -> Result<()> {
     use sha2::Digest;
-    for (metric, value) in scores {
-        conn.execute(
-            EVAL.get("insert_metric"),
-            params![id, split, best as i64, metric, value],
-        )
-        .map_err(Error::catalog("recording a metric"))?;
-    }
+    record_metrics(conn, id, split, best as i64, scores)?;
     conn.execute(EVAL.get("forget_predictions"), [id])
         .map_err(Error::catalog("replacing predictions"))?;
     let mut app = conn
