@@ -119,7 +119,7 @@ pub fn clean_sample(texts: &[String], min_count: u64) -> Vec<String> {
 pub fn train(texts: &[String], config: &TokenizerConfig) -> Result<Tokenizer> {
     let sample = clean_sample(texts, config.min_char_count);
     let trainer = unigram_trainer(config)?;
-    let words = word_counts(&pipeline(Unigram::default())?, &sample)?;
+    let words = trainer_words(word_counts(&pipeline(Unigram::default())?, &sample)?);
     let mut model = Unigram::default();
     let special = serial(|| trainer.do_train(words, &mut model)).map_err(tk_error("training"))?;
     let mut tok = pipeline(model)?;
@@ -160,6 +160,26 @@ fn serial<T>(f: impl FnOnce() -> T) -> T {
 /// What the normalizer's `\s` (and `Strip`) match in ASCII text: word boundaries for the
 /// direct paths in training and in `encoder`.
 pub(crate) const ASCII_WHITESPACE: [char; 6] = [' ', '\t', '\n', '\x0B', '\x0C', '\r'];
+
+/// The trainer's words: [`word_counts`], plus for each word seen more than once the same
+/// word followed by `▁` with count 0.
+///
+/// Why: the trainer's seed pieces are the substrings that occur in two places with different
+/// characters after them in the list of distinct words (`\0` ends each), whatever the words'
+/// counts. A word that is not the start of another distinct word, like `▁left` or `▁of`,
+/// never qualifies however often it occurs, and the tokenizer spells it in fragments. The
+/// zero-count copy makes every repeated word a seed; it adds nothing to the counts the pieces
+/// are chosen by, and no substring ending in that `▁` can be a seed (`\0` always follows it).
+fn trainer_words(words: Vec<(String, u32)>) -> Vec<(String, u32)> {
+    let mut out = Vec::with_capacity(words.len() * 2);
+    for (word, n) in words {
+        if n > 1 {
+            out.push((format!("{word}▁"), 0));
+        }
+        out.push((word, n));
+    }
+    out
+}
 
 /// The trainer's input: each pre-tokenized word of the sample with its count, sorted. The
 /// same words the tokenizer's own pipeline gives (normalizer, then pre-tokenizer), counted
@@ -404,20 +424,66 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn training_matches_tokenizers_own_training() {
+    fn word_counts_are_the_pipelines_words_counted() {
+        let tok = pipeline(Unigram::default()).unwrap();
+        let sample = clean_sample(&corpus(), small().min_char_count);
+        let mut expected: BTreeMap<String, u32> = BTreeMap::new();
+        for text in &sample {
+            for word in pipeline_words(&tok, text).unwrap() {
+                *expected.entry(word).or_default() += 1;
+            }
+        }
+        let expected: Vec<(String, u32)> = expected.into_iter().collect();
+        assert_eq!(word_counts(&tok, &sample).unwrap(), expected);
+    }
+
+    #[test]
+    fn without_seed_copies_training_is_tokenizers_own() {
+        // `Tokenizer::train` feeds the trainer the pipeline's words: given the same words
+        // without the zero-count copies, the trainer must give exactly its tokenizer.
         let config = small();
-        let ours = train(&corpus(), &config).unwrap();
-        // The reference: `Tokenizer::train`, which feeds the trainer through the pipeline.
         let sample = clean_sample(&corpus(), config.min_char_count);
         let mut reference = pipeline(Unigram::default()).unwrap();
         let mut trainer =
             tokenizers::models::TrainerWrapper::UnigramTrainer(unigram_trainer(&config).unwrap());
         serial(|| reference.train(&mut trainer, sample.iter()).map(|_| ())).unwrap();
         canonicalize(&mut reference).unwrap();
-        finish_layout(&mut reference).unwrap();
+
+        let words = word_counts(&pipeline(Unigram::default()).unwrap(), &sample).unwrap();
+        let mut model = Unigram::default();
+        let special = serial(|| {
+            unigram_trainer(&config)
+                .unwrap()
+                .do_train(words, &mut model)
+        })
+        .unwrap();
+        let mut ours = pipeline(model).unwrap();
+        ours.add_special_tokens(&special);
+        canonicalize(&mut ours).unwrap();
         assert_eq!(
             ours.to_string(true).unwrap(),
             reference.to_string(true).unwrap()
+        );
+    }
+
+    #[test]
+    fn repeated_whole_words_become_pieces() {
+        // `▁pleural` and `▁left` start no other word of this corpus; each is frequent.
+        let texts: Vec<String> = corpus()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| format!("{t} small left pleural effusion{}", i % 7))
+            .collect();
+        let tok = train(&texts, &small()).unwrap();
+        for word in ["left", "pleural", "small"] {
+            let enc = tok.encode(word, false).unwrap();
+            assert_eq!(enc.get_tokens(), [format!("▁{word}")], "{word}");
+        }
+        // The zero-count copies carry no weight: each word keeps its count.
+        let words = trainer_words(vec![("▁a".into(), 1), ("▁b".into(), 5)]);
+        assert_eq!(
+            words,
+            [("▁a".into(), 1), ("▁b▁".into(), 0), ("▁b".into(), 5)]
         );
     }
 
