@@ -109,6 +109,16 @@ fn loss_falls_over_a_short_run() {
         assert!(ckpt.join(file).exists(), "{file} in {}", ckpt.display());
     }
     assert!(result.validation_loss.unwrap().is_finite());
+    // A preset's vocabulary is the tokenizer's rounded up to 128s, not the preset's 32,128.
+    let tokenizer = ehrprep_t5::data::Manifest::read(shards())
+        .unwrap()
+        .tokenizer
+        .vocab_size as i64;
+    assert!(tokenizer < 32_000);
+    assert_eq!(
+        result.model_config.vocab_size,
+        (tokenizer + 127) / 128 * 128
+    );
     assert_eq!(sink.of_kind("checkpoint").count(), 1);
     let step = sink.of_kind("train_step").last().unwrap();
     for field in ["lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"] {
