@@ -87,6 +87,7 @@ impl T5Config {
             _ => return None,
         };
         Some(T5Config {
+            // T5's; pretraining sizes a preset to its tokenizer instead.
             vocab_size: 32128,
             d_model,
             d_kv,
