@@ -118,8 +118,13 @@ pub fn clean_sample(texts: &[String], min_count: u64) -> Vec<String> {
 /// Trains a tokenizer on `texts` (already sampled) and lays it out like T5's.
 pub fn train(texts: &[String], config: &TokenizerConfig) -> Result<Tokenizer> {
     let sample = clean_sample(texts, config.min_char_count);
+    let words = word_counts(&pipeline(Unigram::default())?, &sample)?;
+    train_on_words(trainer_words(words), config)
+}
+
+/// The trainer run on the given words with their counts, laid out like T5's.
+fn train_on_words(words: Vec<(String, u32)>, config: &TokenizerConfig) -> Result<Tokenizer> {
     let trainer = unigram_trainer(config)?;
-    let words = trainer_words(word_counts(&pipeline(Unigram::default())?, &sample)?);
     let mut model = Unigram::default();
     let special = serial(|| trainer.do_train(words, &mut model)).map_err(tk_error("training"))?;
     let mut tok = pipeline(model)?;
@@ -448,18 +453,10 @@ pub(crate) mod tests {
             tokenizers::models::TrainerWrapper::UnigramTrainer(unigram_trainer(&config).unwrap());
         serial(|| reference.train(&mut trainer, sample.iter()).map(|_| ())).unwrap();
         canonicalize(&mut reference).unwrap();
+        finish_layout(&mut reference).unwrap();
 
         let words = word_counts(&pipeline(Unigram::default()).unwrap(), &sample).unwrap();
-        let mut model = Unigram::default();
-        let special = serial(|| {
-            unigram_trainer(&config)
-                .unwrap()
-                .do_train(words, &mut model)
-        })
-        .unwrap();
-        let mut ours = pipeline(model).unwrap();
-        ours.add_special_tokens(&special);
-        canonicalize(&mut ours).unwrap();
+        let ours = train_on_words(words, &config).unwrap();
         assert_eq!(
             ours.to_string(true).unwrap(),
             reference.to_string(true).unwrap()
