@@ -134,24 +134,6 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     crate::fsutil::normal_path(p)
 }
 
-/// A warning when the default peak rate for Adafactor, T5's 1/sqrt(warmup), is above
-/// T5's own 0.01 (warmup 10,000): a short warmup without `--lr` gives 0.32 at warmup 10, and
-/// such a checkpoint finetuned slower than a freshly initialized model.
-pub fn default_lr_warning(config: &PretrainConfig) -> Option<String> {
-    let adafactor = config
-        .optimizer
-        .as_deref()
-        .is_none_or(|o| o.eq_ignore_ascii_case("adafactor"));
-    let warmup = config.warmup?;
-    let peak = 1.0 / (warmup.max(1) as f64).sqrt();
-    (adafactor && config.lr.is_none() && !config.resume && peak > 0.01).then(|| {
-        format!(
-            "warning: with --warmup {warmup} the default peak learning rate is \
-             1/sqrt({warmup}) = {peak:.3}, above T5's 0.01; give --lr (T5's: 0.01)"
-        )
-    })
-}
-
 /// Runs (or resumes) a pretraining run with `plugin`. `cancel` is polled at every step.
 pub fn run(
     config: &PretrainConfig,
@@ -160,9 +142,6 @@ pub fn run(
     reporter: &dyn Reporter,
 ) -> Result<PretrainSummary> {
     let (build, req) = request(config)?;
-    if let Some(warning) = default_lr_warning(config) {
-        eprintln!("{warning}");
-    }
     let shards = build.join("shards");
     let manifest_path = shards.join("manifest.json");
     let manifest: ManifestIds = std::fs::read_to_string(&manifest_path)
@@ -401,33 +380,5 @@ impl HostSink for Sink<'_> {
     fn cancelled(&mut self) -> bool {
         // A catalog that cannot be written is a reason to stop at the next step.
         self.failure.is_some() || self.cancel.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_short_warmup_without_a_rate_is_warned_about() {
-        let config = |warmup, lr: Option<f64>, optimizer: Option<&str>| PretrainConfig {
-            warmup: Some(warmup),
-            lr,
-            optimizer: optimizer.map(String::from),
-            ..Default::default()
-        };
-        let warning = default_lr_warning(&config(10, None, None)).unwrap();
-        assert!(warning.contains("0.316"), "{warning}");
-        assert!(default_lr_warning(&config(10, None, Some("adafactor"))).is_some());
-        // T5's own warmup, an explicit rate, AdamW's default or a resumed run: nothing.
-        assert!(default_lr_warning(&config(10_000, None, None)).is_none());
-        assert!(default_lr_warning(&config(40_000, None, None)).is_none());
-        assert!(default_lr_warning(&config(10, Some(0.01), None)).is_none());
-        assert!(default_lr_warning(&config(10, None, Some("adamw"))).is_none());
-        let resumed = PretrainConfig {
-            resume: true,
-            ..config(10, None, None)
-        };
-        assert!(default_lr_warning(&resumed).is_none());
     }
 }

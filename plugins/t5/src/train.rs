@@ -343,10 +343,23 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             peak: lr,
             warmup: req.warmup,
         },
-        (OptimizerKind::Adafactor, None) => Schedule::InverseSqrt {
-            peak: 1.0 / (req.warmup.max(1) as f64).sqrt(),
-            warmup: req.warmup,
-        },
+        (OptimizerKind::Adafactor, None) => {
+            let peak = 1.0 / (req.warmup.max(1) as f64).sqrt();
+            // T5 warmed up 10,000 steps, so its peak was 0.01. A short warmup makes the
+            // default far larger (0.32 at 10 steps), and such a checkpoint finetuned slower
+            // than a freshly initialized model.
+            if resume_from.is_none() && peak > 0.01 {
+                host.warn(&format!(
+                    "with warmup {} the default peak learning rate, 1/sqrt(warmup), is \
+                     {peak:.3}, above T5's 0.01; give the rate (--lr; T5's: 0.01)",
+                    req.warmup
+                ));
+            }
+            Schedule::InverseSqrt {
+                peak,
+                warmup: req.warmup,
+            }
+        }
         (OptimizerKind::Adamw, None) => Schedule::InverseSqrt {
             peak: 1e-3,
             warmup: req.warmup,

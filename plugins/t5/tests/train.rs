@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use ehrprep::pack::PackSettings;
 use ehrprep::pipeline::{BuildConfig, run_build};
 use ehrprep::tokenizer::TokenizerConfig;
-use ehrprep_plugin_api::{CallError, Host, HostSink, with_sink};
+use ehrprep_plugin_api::{CallError, Host, HostSink, LOG_WARN, with_sink};
 use ehrprep_t5::train::{PretrainRequest, PretrainResult, pretrain};
 use serde_json::Value;
 
@@ -34,15 +34,28 @@ fn shards() -> &'static Path {
     .1
 }
 
+/// The ids the fixture build's tokenizer makes.
+fn tokenizer_ids() -> i64 {
+    ehrprep_t5::data::Manifest::read(shards())
+        .unwrap()
+        .tokenizer
+        .vocab_size as i64
+}
+
 #[derive(Default)]
 struct Recorder {
     events: Vec<Value>,
+    warnings: Vec<String>,
     /// Report "cancelled" once this many steps have been seen.
     stop_after: Option<usize>,
 }
 
 impl HostSink for Recorder {
-    fn log(&mut self, _: u32, _: &str) {}
+    fn log(&mut self, level: u32, text: &str) {
+        if level == LOG_WARN {
+            self.warnings.push(text.to_string());
+        }
+    }
     fn event(&mut self, json: &str) {
         self.events.push(serde_json::from_str(json).unwrap());
     }
@@ -110,16 +123,16 @@ fn loss_falls_over_a_short_run() {
     }
     assert!(result.validation_loss.unwrap().is_finite());
     // A preset's vocabulary is the tokenizer's rounded up to 128s, not the preset's 32,128.
-    let tokenizer = ehrprep_t5::data::Manifest::read(shards())
-        .unwrap()
-        .tokenizer
-        .vocab_size as i64;
+    let tokenizer = tokenizer_ids();
     assert!(tokenizer < 32_000);
     assert_eq!(
         result.model_config.vocab_size,
         (tokenizer + 127) / 128 * 128
     );
     assert_eq!(sink.of_kind("checkpoint").count(), 1);
+    // Warmup 10 without a rate: the default peak, 1/sqrt(10), is far above T5's 0.01.
+    assert_eq!(sink.warnings.len(), 1, "{:?}", sink.warnings);
+    assert!(sink.warnings[0].contains("0.316"), "{}", sink.warnings[0]);
     let step = sink.of_kind("train_step").last().unwrap();
     for field in ["lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"] {
         assert!(step[field].as_f64().unwrap() > 0.0, "{field} in {step}");
@@ -153,6 +166,7 @@ fn a_stopped_run_resumes_bit_for_bit() {
     let mut sink = Recorder::default();
     let resumed = run(&req, &mut sink).unwrap();
     assert_eq!(sink.losses().len(), 3, "only the missing steps run");
+    assert!(sink.warnings.is_empty(), "{:?}", sink.warnings);
 
     let a = weights(&straight.checkpoint.unwrap());
     let b = weights(&resumed.checkpoint.unwrap());
@@ -180,6 +194,8 @@ fn adamw_and_accumulation_train_too() {
     run(&req, &mut sink).unwrap();
     let steps: Vec<&Value> = sink.of_kind("train_step").collect();
     assert_eq!(steps.len(), 4);
+    // AdamW's default rate is 1e-3 whatever the warmup.
+    assert!(sink.warnings.is_empty(), "{:?}", sink.warnings);
     // Two micro-batches of 4 rows of 128 input tokens per step.
     assert_eq!(steps[0]["tokens"], 2 * 4 * 128);
 }
@@ -224,13 +240,11 @@ fn pretraining_continues_from_hugging_face_weights() {
     let dir = tempfile::tempdir().unwrap();
     let mut req = request(dir.path(), 2);
     req.init = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/t5/v1_1"));
+    req.lr = Some(0.01);
     let mut sink = Recorder::default();
     let result = run(&req, &mut sink).unwrap();
     // The fixture's 96-id vocabulary grew to hold the build's tokenizer, rounded up to 128s.
-    let tokenizer = ehrprep_t5::data::Manifest::read(shards())
-        .unwrap()
-        .tokenizer
-        .vocab_size as i64;
+    let tokenizer = tokenizer_ids();
     assert!(tokenizer > 96);
     assert_eq!(
         result.model_config.vocab_size,
@@ -238,4 +252,6 @@ fn pretraining_continues_from_hugging_face_weights() {
     );
     assert_eq!(result.model_config.feed_forward_proj, "gated-gelu");
     assert_eq!(sink.losses().len(), 2);
+    // A rate given: no warning about the default.
+    assert!(sink.warnings.is_empty(), "{:?}", sink.warnings);
 }
