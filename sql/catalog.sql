@@ -40,39 +40,39 @@ CREATE TABLE IF NOT EXISTS corpus (
     subject_id BIGINT NOT NULL,
     hadm_id    BIGINT,
     category   VARCHAR NOT NULL,
-    text       VARCHAR NOT NULL
+    text       VARCHAR NOT NULL USING COMPRESSION zstd
 );
 
 -- name: stage
 -- Working tables of a build: temporary (this connection only, in memory up to the memory
 -- limit, spilled to the temp directory beyond it), never compressed into the catalog file.
+-- stage_notes' rowid is a note's place in the build (`ord`): files are inserted in order,
+-- each in file order, and nothing is ever deleted. Its values are checked after each file
+-- (`bad` names a record's first field that failed to cast), not by constraints, so that an
+-- error names the record and field.
 CREATE TEMP TABLE stage_notes (
-    ord        BIGINT NOT NULL,
     source     VARCHAR NOT NULL,
-    note_id    VARCHAR NOT NULL,
+    note_id    VARCHAR,
     row_id     BIGINT,
-    subject_id BIGINT NOT NULL,
+    subject_id BIGINT,
     hadm_id    BIGINT,
-    category   VARCHAR NOT NULL,
+    category   VARCHAR,
     charttime  TIMESTAMP,
     storetime  TIMESTAMP,
     cgid       BIGINT,
     iserror    BOOLEAN NOT NULL,
+    bad        VARCHAR,
     text       VARCHAR NOT NULL
 );
 CREATE TEMP TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
 CREATE TEMP TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);
 CREATE TEMP TABLE stage_excluded (subject_id BIGINT NOT NULL);
-CREATE TEMP TABLE stage_outcome (ord BIGINT NOT NULL, reason VARCHAR NOT NULL);
-CREATE TEMP TABLE stage_kept (seq BIGINT NOT NULL, ord BIGINT NOT NULL, text VARCHAR NOT NULL);
 
 -- name: drop_stage
 DROP TABLE IF EXISTS stage_notes;
 DROP TABLE IF EXISTS stage_icustays;
 DROP TABLE IF EXISTS stage_task_rows;
 DROP TABLE IF EXISTS stage_excluded;
-DROP TABLE IF EXISTS stage_outcome;
-DROP TABLE IF EXISTS stage_kept;
 DROP TABLE IF EXISTS stage_reasons;
 DROP TABLE IF EXISTS raw_file;
 

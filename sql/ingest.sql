@@ -1,11 +1,30 @@
--- Loading MIMIC CSV(.gz) files. Everything is read as text first, so that a bad value is
--- reported by record and field (see the validate_* statements) instead of as a DuckDB cast
+-- Loading MIMIC CSV files straight into stage_notes, in file order, so a note's rowid there
+-- is its place in the build (`ord`). Fields are read as text and cast with TRY_CAST, so a
+-- bad value is reported by record and field (validate_notes) instead of as a DuckDB cast
 -- error quoting the whole record. Headers are checked in Rust before these run, and the
 -- `columns` lists below name the columns in the order the header was checked to have.
 
--- name: read_mimic3
-CREATE OR REPLACE TEMP TABLE raw_file AS
-SELECT * FROM read_csv(?,
+-- name: insert_mimic3
+-- Values that do not cast become NULL and `bad` names the record's first such field;
+-- validate_notes reports it before anything else reads them.
+INSERT INTO stage_notes
+SELECT 'mimic-iii', CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR), TRY_CAST(ROW_ID AS BIGINT),
+       TRY_CAST(SUBJECT_ID AS BIGINT), TRY_CAST(HADM_ID AS BIGINT), trim(CATEGORY),
+       TRY_CAST(CHARTTIME AS TIMESTAMP), TRY_CAST(STORETIME AS TIMESTAMP),
+       TRY_CAST(CGID AS BIGINT), coalesce(trim(ISERROR) = '1', false),
+       CASE
+           WHEN TRY_CAST(ROW_ID AS BIGINT) IS NULL THEN 'ROW_ID'
+           WHEN TRY_CAST(SUBJECT_ID AS BIGINT) IS NULL THEN 'SUBJECT_ID'
+           WHEN HADM_ID IS NOT NULL AND TRY_CAST(HADM_ID AS BIGINT) IS NULL THEN 'HADM_ID'
+           WHEN CHARTDATE IS NOT NULL AND TRY_CAST(CHARTDATE AS DATE) IS NULL THEN 'CHARTDATE'
+           WHEN CHARTTIME IS NOT NULL AND TRY_CAST(CHARTTIME AS TIMESTAMP) IS NULL THEN 'CHARTTIME'
+           WHEN STORETIME IS NOT NULL AND TRY_CAST(STORETIME AS TIMESTAMP) IS NULL THEN 'STORETIME'
+           WHEN CATEGORY IS NULL OR trim(CATEGORY) = '' THEN 'CATEGORY'
+           WHEN CGID IS NOT NULL AND TRY_CAST(CGID AS BIGINT) IS NULL THEN 'CGID'
+           WHEN ISERROR IS NOT NULL AND trim(ISERROR) NOT IN ('', '0', '1') THEN 'ISERROR'
+       END,
+       coalesce(TEXT, '')
+FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216,
     columns = {
@@ -15,45 +34,23 @@ SELECT * FROM read_csv(?,
         'ISERROR': 'VARCHAR', 'TEXT': 'VARCHAR'
     });
 
--- name: validate_mimic3
--- The first record with a bad field, in file order (rowid follows the file).
-SELECT rowid + 1 AS record, field FROM (
-    SELECT rowid, CASE
-        WHEN TRY_CAST(ROW_ID AS BIGINT) IS NULL THEN 'ROW_ID'
-        WHEN TRY_CAST(SUBJECT_ID AS BIGINT) IS NULL THEN 'SUBJECT_ID'
-        WHEN HADM_ID IS NOT NULL AND TRY_CAST(HADM_ID AS BIGINT) IS NULL THEN 'HADM_ID'
-        WHEN CHARTDATE IS NOT NULL AND TRY_CAST(CHARTDATE AS DATE) IS NULL THEN 'CHARTDATE'
-        WHEN CHARTTIME IS NOT NULL AND TRY_CAST(CHARTTIME AS TIMESTAMP) IS NULL THEN 'CHARTTIME'
-        WHEN STORETIME IS NOT NULL AND TRY_CAST(STORETIME AS TIMESTAMP) IS NULL THEN 'STORETIME'
-        WHEN CATEGORY IS NULL OR trim(CATEGORY) = '' THEN 'CATEGORY'
-        WHEN CGID IS NOT NULL AND TRY_CAST(CGID AS BIGINT) IS NULL THEN 'CGID'
-        WHEN ISERROR IS NOT NULL AND trim(ISERROR) NOT IN ('', '0', '1') THEN 'ISERROR'
-    END AS field
-    FROM raw_file
-) WHERE field IS NOT NULL ORDER BY rowid LIMIT 1;
-
--- name: duplicate_mimic3
--- The first record whose ROW_ID repeats an earlier one. A hash aggregate finds the repeated
--- ids; the window runs over their few rows only.
-SELECT min(rowid) + 1 FROM (
-    SELECT rowid, row_number() OVER (PARTITION BY CAST(ROW_ID AS BIGINT) ORDER BY rowid) AS n
-    FROM raw_file
-    WHERE CAST(ROW_ID AS BIGINT) IN (
-        SELECT CAST(ROW_ID AS BIGINT) FROM raw_file GROUP BY 1 HAVING count(*) > 1
-    )
-) WHERE n > 1;
-
--- name: insert_mimic3
+-- name: insert_mimic4
+-- Parameter 1: the category, from the file (discharge or radiology), as the recipe reports it.
 INSERT INTO stage_notes
-SELECT ? + rowid, 'mimic-iii', CAST(CAST(ROW_ID AS BIGINT) AS VARCHAR), CAST(ROW_ID AS BIGINT),
-       CAST(SUBJECT_ID AS BIGINT), CAST(HADM_ID AS BIGINT), trim(CATEGORY),
-       CAST(CHARTTIME AS TIMESTAMP), CAST(STORETIME AS TIMESTAMP), CAST(CGID AS BIGINT),
-       coalesce(trim(ISERROR) = '1', false), coalesce(TEXT, '')
-FROM raw_file ORDER BY rowid;
-
--- name: read_mimic4
-CREATE OR REPLACE TEMP TABLE raw_file AS
-SELECT * FROM read_csv(?,
+SELECT 'mimic-iv', trim(note_id), NULL, TRY_CAST(subject_id AS BIGINT),
+       TRY_CAST(hadm_id AS BIGINT), ?, TRY_CAST(charttime AS TIMESTAMP),
+       TRY_CAST(storetime AS TIMESTAMP), NULL, false,
+       CASE
+           WHEN note_id IS NULL OR trim(note_id) = '' THEN 'note_id'
+           WHEN TRY_CAST(subject_id AS BIGINT) IS NULL THEN 'subject_id'
+           WHEN hadm_id IS NOT NULL AND TRY_CAST(hadm_id AS BIGINT) IS NULL THEN 'hadm_id'
+           WHEN note_type IS NULL OR trim(note_type) = '' THEN 'note_type'
+           WHEN note_seq IS NOT NULL AND TRY_CAST(note_seq AS BIGINT) IS NULL THEN 'note_seq'
+           WHEN charttime IS NOT NULL AND TRY_CAST(charttime AS TIMESTAMP) IS NULL THEN 'charttime'
+           WHEN storetime IS NOT NULL AND TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN 'storetime'
+       END,
+       coalesce(text, '')
+FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216,
     columns = {
@@ -62,46 +59,36 @@ SELECT * FROM read_csv(?,
         'storetime': 'VARCHAR', 'text': 'VARCHAR'
     });
 
--- name: validate_mimic4
-SELECT rowid + 1 AS record, field FROM (
-    SELECT rowid, CASE
-        WHEN note_id IS NULL OR trim(note_id) = '' THEN 'note_id'
-        WHEN TRY_CAST(subject_id AS BIGINT) IS NULL THEN 'subject_id'
-        WHEN hadm_id IS NOT NULL AND TRY_CAST(hadm_id AS BIGINT) IS NULL THEN 'hadm_id'
-        WHEN note_type IS NULL OR trim(note_type) = '' THEN 'note_type'
-        WHEN note_seq IS NOT NULL AND TRY_CAST(note_seq AS BIGINT) IS NULL THEN 'note_seq'
-        WHEN charttime IS NOT NULL AND TRY_CAST(charttime AS TIMESTAMP) IS NULL THEN 'charttime'
-        WHEN storetime IS NOT NULL AND TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN 'storetime'
-    END AS field
-    FROM raw_file
-) WHERE field IS NOT NULL ORDER BY rowid LIMIT 1;
+-- name: staged_count
+-- Notes staged so far: a file's notes take the rowids from here on, in file order.
+SELECT count(*) FROM stage_notes;
+
+-- name: validate_notes
+-- The first record of the file starting at rowid ? with a bad field, in file order.
+SELECT rowid - $1 + 1 AS record, bad FROM stage_notes
+WHERE rowid >= $1 AND bad IS NOT NULL
+ORDER BY rowid LIMIT 1;
+
+-- name: duplicate_mimic3
+-- The first record whose ROW_ID repeats an earlier one. A hash aggregate finds the repeated
+-- ids; the window runs over their few rows only.
+SELECT min(rowid) - $1 + 1 FROM (
+    SELECT rowid, row_number() OVER (PARTITION BY row_id ORDER BY rowid) AS n
+    FROM stage_notes
+    WHERE rowid >= $1 AND row_id IN (
+        SELECT row_id FROM stage_notes WHERE rowid >= $1 GROUP BY 1 HAVING count(*) > 1
+    )
+) WHERE n > 1;
 
 -- name: duplicate_mimic4
--- The first record whose note_id repeats one in this file or one already staged.
-SELECT min(rowid) + 1 FROM (
-    SELECT rowid, row_number() OVER (PARTITION BY trim(note_id) ORDER BY rowid) AS n,
-           trim(note_id) IN (SELECT note_id FROM stage_notes WHERE source = 'mimic-iv') AS staged
-    FROM raw_file
-    WHERE trim(note_id) IN (
-        SELECT trim(note_id) FROM raw_file GROUP BY 1 HAVING count(*) > 1
-        UNION ALL
-        SELECT note_id FROM stage_notes WHERE source = 'mimic-iv'
+-- The first record whose note_id repeats one in this file or one staged from an earlier one.
+SELECT min(rowid) - $1 + 1 FROM (
+    SELECT rowid, row_number() OVER (PARTITION BY note_id ORDER BY rowid) AS n
+    FROM stage_notes
+    WHERE source = 'mimic-iv' AND note_id IN (
+        SELECT note_id FROM stage_notes WHERE source = 'mimic-iv' GROUP BY 1 HAVING count(*) > 1
     )
-) WHERE n > 1 OR staged;
-
--- name: insert_mimic4
--- The category comes from the file (discharge or radiology), as the recipe reports it.
-INSERT INTO stage_notes
-SELECT ? + rowid, 'mimic-iv', trim(note_id), NULL, CAST(subject_id AS BIGINT),
-       CAST(hadm_id AS BIGINT), ?, CAST(charttime AS TIMESTAMP), CAST(storetime AS TIMESTAMP),
-       NULL, false, coalesce(text, '')
-FROM raw_file ORDER BY rowid;
-
--- name: count_raw
-SELECT count(*) FROM raw_file;
-
--- name: next_ord
-SELECT coalesce(max(ord) + 1, 0) FROM stage_notes;
+) WHERE n > 1 AND rowid >= $1;
 
 -- name: read_icustays
 CREATE OR REPLACE TEMP TABLE raw_file AS

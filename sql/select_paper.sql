@@ -16,7 +16,7 @@ task_subjects AS (
     FROM stage_task_rows t JOIN stage_notes n ON n.source = 'mimic-iii' AND n.row_id = t.row_id
 ),
 first_rules AS (
-    SELECT ord, source, subject_id, category, charttime, storetime, cgid,
+    SELECT rowid AS ord, source, subject_id, category, charttime, storetime, cgid,
         CASE
             WHEN iserror THEN 'error_flag'
             WHEN ?::BOOLEAN AND source = 'mimic-iii'
@@ -48,27 +48,13 @@ SELECT count(DISTINCT t.row_id) FROM stage_task_rows t
 WHERE t.row_id NOT IN (SELECT row_id FROM stage_notes WHERE source = 'mimic-iii' AND row_id IS NOT NULL);
 
 -- name: note_batch
--- One batch of notes in build order, with the reason from the set rules (NULL: still in).
-SELECT n.ord, n.source, r.reason, CASE WHEN r.reason IS NULL THEN n.text END AS text,
-       length(n.text)::BIGINT AS chars
-FROM stage_notes n JOIN stage_reasons r USING (ord)
-WHERE n.ord >= ? AND n.ord < ?
-ORDER BY n.ord;
+-- One batch of notes in build order, with the reason from the set rules (NULL: still in)
+-- and the metadata that note_decisions and corpus repeat.
+SELECT n.rowid AS ord, n.source, r.reason, CASE WHEN r.reason IS NULL THEN n.text END AS text,
+       length(n.text)::BIGINT AS chars, n.note_id, n.subject_id, n.hadm_id, n.category
+FROM stage_notes n JOIN stage_reasons r ON r.ord = n.rowid
+WHERE n.rowid >= $1 AND n.rowid < $2 AND r.ord >= $1 AND r.ord < $2
+ORDER BY n.rowid;
 
 -- name: note_count
-SELECT count(*), coalesce(max(ord) + 1, 0) FROM stage_notes;
-
--- name: write_decisions
--- One decision per input note: the reasons Rust decided (stage_outcome), with the notes'
--- metadata joined back, in build order.
-INSERT INTO note_decisions
-SELECT ?, n.source, n.note_id, n.subject_id, n.hadm_id, n.category, o.reason
-FROM stage_notes n JOIN stage_outcome o USING (ord)
-ORDER BY n.ord;
-
--- name: write_corpus
--- The kept notes' normalized text (stage_kept, by seq) with their metadata.
-INSERT INTO corpus
-SELECT k.seq, n.note_id, n.source, n.subject_id, n.hadm_id, n.category, k.text
-FROM stage_kept k JOIN stage_notes n USING (ord)
-ORDER BY k.seq;
+SELECT count(*), coalesce(max(rowid) + 1, 0) FROM stage_notes;

@@ -7,7 +7,8 @@
 //! passed on.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -57,43 +58,133 @@ pub struct FileStats {
 }
 
 /// Loads every note file of `inputs` into `stage_notes` (and ICUSTAYS into `stage_icustays`),
-/// in file order; `ord` numbers the notes across files.
+/// in file order, so a note's rowid there is its place in the build. `scratch` holds the
+/// decompressed copy of a `.csv.gz` note file while DuckDB reads it.
 pub fn ingest(
     conn: &Connection,
     inputs: &Inputs,
+    scratch: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Vec<FileStats>> {
-    let mut stats = Vec::new();
+    let mut files: Vec<(&Path, NoteFile)> = Vec::new();
     if let Some(m3) = &inputs.mimic3 {
-        stats.push(load_notes(
-            conn,
-            &m3.noteevents,
-            NoteFile::Mimic3,
-            reporter,
-        )?);
+        files.push((&m3.noteevents, NoteFile::Mimic3));
         if let Some(icu) = &m3.icustays {
             load_icustays(conn, icu)?;
         }
     }
     if let Some(m4) = &inputs.mimic4 {
         if let Some(p) = &m4.discharge {
-            stats.push(load_notes(
-                conn,
-                p,
-                NoteFile::Mimic4("Discharge summary"),
-                reporter,
-            )?);
+            files.push((p, NoteFile::Mimic4("Discharge summary")));
         }
         if let Some(p) = &m4.radiology {
-            stats.push(load_notes(
-                conn,
-                p,
-                NoteFile::Mimic4("Radiology"),
-                reporter,
-            )?);
+            files.push((p, NoteFile::Mimic4("Radiology")));
         }
     }
-    Ok(stats)
+    for (path, kind) in &files {
+        check_header(path, kind.columns(), true)?;
+    }
+    // DuckDB decompresses gzip on one thread, several times slower than flate2 (see the
+    // README's measurements), so the next file is decompressed here while DuckDB parses
+    // the current one: at most two plain copies exist at once.
+    std::thread::scope(|s| {
+        let mut stats = Vec::new();
+        let mut next = None;
+        for (i, &(path, kind)) in files.iter().enumerate() {
+            let plain = match next.take() {
+                Some(handle) => join(handle)?,
+                None => Plain::of(path, scratch)?,
+            };
+            if let Some(&(following, _)) = files.get(i + 1) {
+                next = Some(s.spawn(move || Plain::of(following, scratch)));
+            }
+            stats.push(load_notes(conn, path, plain.path(path), kind, reporter)?);
+        }
+        if let Some(handle) = next {
+            join(handle)?;
+        }
+        Ok(stats)
+    })
+    .and_then(|stats| {
+        if scratch.exists() {
+            std::fs::remove_dir_all(scratch).map_err(Error::io(scratch))?;
+        }
+        Ok(stats)
+    })
+}
+
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The plain-text copy of a `.csv.gz` file (none for a plain `.csv`), removed when dropped.
+struct Plain(Option<PathBuf>);
+
+impl Plain {
+    fn of(path: &Path, scratch: &Path) -> Result<Plain> {
+        if !is_gzip(path) {
+            return Ok(Plain(None));
+        }
+        std::fs::create_dir_all(scratch).map_err(Error::io(scratch))?;
+        let name = path.file_stem().unwrap_or_default();
+        let copy = scratch.join(name);
+        let plain = Plain(Some(copy.clone()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&copy)
+            .map_err(Error::io(&copy))?;
+        let source = File::open(path).map_err(Error::io(path))?;
+        let mut gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, source));
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match gz.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(gzip_error(path, e)),
+            };
+            out.write_all(&buf[..n]).map_err(Error::io(&copy))?;
+        }
+        out.flush().map_err(Error::io(&copy))?;
+        Ok(plain)
+    }
+
+    /// What DuckDB reads in place of `original`.
+    fn path<'a>(&'a self, original: &'a Path) -> &'a Path {
+        self.0.as_deref().unwrap_or(original)
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A decompression failure: a cut-short or corrupt stream is the file's fault, anything
+/// else (a read error) is reported as it is.
+fn gzip_error(path: &Path, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::InvalidInput
+        | std::io::ErrorKind::InvalidData => Error::Malformed {
+            path: path.to_path_buf(),
+            line: None,
+            problem: "the gzip stream is truncated or corrupt".to_string(),
+        },
+        _ => Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -103,47 +194,49 @@ enum NoteFile {
     Mimic4(&'static str),
 }
 
+impl NoteFile {
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            NoteFile::Mimic3 => &MIMIC3_COLUMNS,
+            NoteFile::Mimic4(_) => &MIMIC4_COLUMNS,
+        }
+    }
+}
+
+/// Loads one note file; DuckDB reads `data`, `path` or its plain copy.
 fn load_notes(
     conn: &Connection,
     path: &Path,
+    data: &Path,
     kind: NoteFile,
     reporter: &dyn Reporter,
 ) -> Result<FileStats> {
     let bytes = std::fs::metadata(path).map_err(Error::io(path))?.len();
-    let (columns, source, read, validate, duplicate): (&[&str], _, _, _, _) = match kind {
-        NoteFile::Mimic3 => (
-            &MIMIC3_COLUMNS,
-            Source::MimicIii,
-            "read_mimic3",
-            "validate_mimic3",
-            "duplicate_mimic3",
-        ),
-        NoteFile::Mimic4(_) => (
-            &MIMIC4_COLUMNS,
-            Source::MimicIv,
-            "read_mimic4",
-            "validate_mimic4",
-            "duplicate_mimic4",
-        ),
+    let (source, duplicate) = match kind {
+        NoteFile::Mimic3 => (Source::MimicIii, "duplicate_mimic3"),
+        NoteFile::Mimic4(_) => (Source::MimicIv, "duplicate_mimic4"),
     };
-    check_header(path, columns, true)?;
     reporter.start(&format!("reading {}", display_name(path)), bytes, "bytes");
-    let path_text = path_str(path)?;
-    conn.execute(INGEST.get(read), [path_text])
-        .map_err(|e| csv_error(path, &e))?;
+    let first: i64 = conn
+        .query_row(INGEST.get("staged_count"), [], |r| r.get(0))
+        .map_err(Error::catalog("numbering notes"))?;
+    let data = path_str(data)?;
+    let records = match kind {
+        NoteFile::Mimic3 => conn.execute(INGEST.get("insert_mimic3"), [data]),
+        NoteFile::Mimic4(category) => conn.execute(INGEST.get("insert_mimic4"), [category, data]),
+    }
+    .map_err(|e| csv_error(path, &e))? as u64;
     reporter.advance(bytes);
     reporter.finish();
-
-    let records: u64 = conn
-        .query_row(INGEST.get("count_raw"), [], |r| r.get(0))
-        .map_err(Error::catalog("counting records"))?;
     if records == 0 {
         return Err(Error::NoRecords {
             path: path.to_path_buf(),
         });
     }
     let bad: Option<(u64, String)> = conn
-        .query_row(INGEST.get(validate), [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(INGEST.get("validate_notes"), [first], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .map(Some)
         .or_else(|e| match e {
             duckdb::Error::QueryReturnedNoRows => Ok(None),
@@ -159,27 +252,16 @@ fn load_notes(
         });
     }
     let repeated: Option<u64> = conn
-        .query_row(INGEST.get(duplicate), [], |r| r.get(0))
+        .query_row(INGEST.get(duplicate), [first], |r| r.get(0))
         .map_err(Error::catalog("checking note ids"))?;
     if let Some(record) = repeated {
         return Err(Error::Field {
             path: path.to_path_buf(),
             record,
-            field: columns[0].to_string(),
+            field: kind.columns()[0].to_string(),
             expected: "a note id unique across the inputs".to_string(),
         });
     }
-
-    let next: i64 = conn
-        .query_row(INGEST.get("next_ord"), [], |r| r.get(0))
-        .map_err(Error::catalog("numbering notes"))?;
-    match kind {
-        NoteFile::Mimic3 => conn.execute(INGEST.get("insert_mimic3"), [next]),
-        NoteFile::Mimic4(category) => {
-            conn.execute(INGEST.get("insert_mimic4"), duckdb::params![next, category])
-        }
-    }
-    .map_err(Error::catalog("staging notes"))?;
     Ok(FileStats {
         path: path.to_path_buf(),
         source,
@@ -237,11 +319,14 @@ fn display_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+fn is_gzip(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
 /// Opens a file, decompressing `.gz`.
 pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
     let file = File::open(path).map_err(Error::io(path))?;
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    Ok(if gz {
+    Ok(if is_gzip(path) {
         Box::new(flate2::read::MultiGzDecoder::new(file))
     } else {
         Box::new(file)

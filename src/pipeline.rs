@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::take;
 
 use duckdb::Connection;
 use rayon::prelude::*;
@@ -28,6 +29,9 @@ use crate::select::{self, Reason, SetRules};
 use crate::sql::{CATALOG, SELECT_PAPER};
 use crate::stats::BuildStats;
 use crate::{Error, Result, Source, tasks};
+
+/// Decompressed copies of the inputs live here while they are read; never left behind.
+const SCRATCH_DIR: &str = "ingest.partial";
 
 /// Which corpus recipe to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -186,7 +190,7 @@ fn build_into(
         stages.push((name, lap.elapsed().as_secs_f64()));
         lap = Instant::now();
     };
-    let files = ingest::ingest(&conn, inputs, reporter)?;
+    let files = ingest::ingest(&conn, inputs, &config.out.join(SCRATCH_DIR), reporter)?;
     stage_done("ingest");
     let mut warnings = Vec::new();
     let rules = set_rules(config, &conn, inputs, &mut warnings)?;
@@ -261,9 +265,9 @@ fn prepare_out(config: &BuildConfig, reporter: &dyn Reporter) -> Result<(PathBuf
     Ok((final_path, partial))
 }
 
-/// Removes `OUT/tokenizer` and `OUT/shards`.
+/// Removes `OUT/tokenizer`, `OUT/shards` and the scratch folder.
 fn remove_outputs(out: &Path) -> Result<()> {
-    for dir in ["tokenizer", "shards"] {
+    for dir in ["tokenizer", "shards", SCRATCH_DIR] {
         let dir = out.join(dir);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
@@ -395,9 +399,9 @@ struct Decided {
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
-/// decides each note's reason. Rust only appends what it computed (reasons by `ord`, kept
-/// texts by `seq`) to staging tables, in Arrow batches; SQL joins the notes' metadata back
-/// when it writes `note_decisions` and `corpus`.
+/// decides each note's reason. Each batch of notes comes with its metadata, so its rows of
+/// `note_decisions` and `corpus` are appended as Arrow batches straight away: the text is
+/// copied into the catalog once, and no join or sort runs over it.
 fn normalize_and_decide(
     conn: &Connection,
     config: &BuildConfig,
@@ -417,16 +421,17 @@ fn normalize_and_decide(
     let mut stmt = conn
         .prepare(SELECT_PAPER.get("note_batch"))
         .map_err(Error::catalog("reading notes"))?;
-    let mut outcome = conn
-        .appender("stage_outcome")
+    let mut decisions = conn
+        .appender("note_decisions")
         .map_err(Error::catalog("writing decisions"))?;
     let mut kept = conn
-        .appender("stage_kept")
+        .appender("corpus")
         .map_err(Error::catalog("writing the corpus"))?;
     // A pipeline of two: while a thread normalizes and decides one range of notes (in
     // parallel), this thread appends the previous range's results and reads the next.
     let mut state = DecideState {
         config,
+        build_id,
         stats: &mut stats,
         sketches: &mut sketches,
         seen: &mut seen,
@@ -454,7 +459,7 @@ fn normalize_and_decide(
             });
             let appended = previous
                 .iter()
-                .try_for_each(|d| d.append(&mut outcome, &mut kept));
+                .try_for_each(|d| d.append(&mut decisions, &mut kept));
             let next = match (&appended, next_lo < end) {
                 (Ok(()), true) => Some(read(next_lo)),
                 _ => None,
@@ -475,18 +480,14 @@ fn normalize_and_decide(
         lo = next_lo;
     }
     for d in &previous {
-        d.append(&mut outcome, &mut kept)?;
+        d.append(&mut decisions, &mut kept)?;
         reporter.advance(d.note_count);
     }
-    outcome
+    decisions
         .flush()
         .map_err(Error::catalog("writing decisions"))?;
     kept.flush().map_err(Error::catalog("writing the corpus"))?;
-    drop((outcome, kept));
-    conn.execute(SELECT_PAPER.get("write_decisions"), [build_id])
-        .map_err(Error::catalog("writing decisions"))?;
-    conn.execute_batch(SELECT_PAPER.get("write_corpus"))
-        .map_err(Error::catalog("writing the corpus"))?;
+    drop((decisions, kept));
     reporter.finish();
     Ok(Decided { stats, sketches })
 }
@@ -494,6 +495,7 @@ fn normalize_and_decide(
 /// What deciding needs across ranges of notes; lent to the decision thread.
 struct DecideState<'a> {
     config: &'a BuildConfig,
+    build_id: &'a str,
     stats: &'a mut BuildStats,
     sketches: &'a mut Sketches,
     seen: &'a mut HashSet<u128>,
@@ -501,17 +503,18 @@ struct DecideState<'a> {
     seq: i64,
 }
 
-/// One Arrow batch's outcome, ready to append: every note's reason, and the kept notes.
+/// One Arrow batch's outcome, ready to append: a `note_decisions` row for every note, and
+/// `corpus` rows for the kept ones.
 struct Decisions {
     note_count: u64,
-    outcome: RecordBatch,
+    decisions: RecordBatch,
     kept: RecordBatch,
 }
 
 impl Decisions {
-    fn append(&self, outcome: &mut duckdb::Appender, kept: &mut duckdb::Appender) -> Result<()> {
-        outcome
-            .append_record_batch(self.outcome.clone())
+    fn append(&self, decisions: &mut duckdb::Appender, kept: &mut duckdb::Appender) -> Result<()> {
+        decisions
+            .append_record_batch(self.decisions.clone())
             .map_err(Error::catalog("writing decisions"))?;
         kept.append_record_batch(self.kept.clone())
             .map_err(Error::catalog("writing the corpus"))
@@ -539,7 +542,7 @@ impl DecideState<'_> {
             .collect();
 
         let mut reasons = Vec::with_capacity(notes.len());
-        let (mut kept_seq, mut kept_ord, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kept_seq, mut kept_rows, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
         for (i, norm) in normalized.into_iter().enumerate() {
             let reason = match (notes.reason(i), &norm) {
                 (Some(r), _) => r,
@@ -553,7 +556,7 @@ impl DecideState<'_> {
                 Some(n) if reason == Reason::Kept => {
                     self.stats.add(reason, n.chars);
                     kept_seq.push(self.seq);
-                    kept_ord.push(notes.ord(i));
+                    kept_rows.push(i as u32);
                     kept_text.push(n.text);
                     self.seq += 1;
                 }
@@ -570,16 +573,30 @@ impl DecideState<'_> {
                 .collect();
             kept_sketches.iter().for_each(|s| self.sketches.push(s));
         }
+        let build_id: ArrayRef = Arc::new(StringArray::from(vec![self.build_id; notes.len()]));
+        let [source, note_id, subject_id, hadm_id, category] = notes.metadata();
+        let kept_rows = UInt32Array::from(kept_rows);
+        let kept_meta = |a: &ArrayRef| take(a, &kept_rows, None).expect("rows of this batch");
+        // Column order as in sql/catalog.sql.
         Ok(Decisions {
             note_count: notes.len() as u64,
-            outcome: RecordBatch::try_from_iter([
-                ("ord", Arc::new(notes.ords()) as ArrayRef),
+            decisions: RecordBatch::try_from_iter([
+                ("build_id", build_id),
+                ("source", source.clone()),
+                ("note_id", note_id.clone()),
+                ("subject_id", subject_id.clone()),
+                ("hadm_id", hadm_id.clone()),
+                ("category", category.clone()),
                 ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
             ])
             .expect("columns of one length"),
             kept: RecordBatch::try_from_iter([
                 ("seq", Arc::new(Int64Array::from(kept_seq)) as ArrayRef),
-                ("ord", Arc::new(Int64Array::from(kept_ord)) as ArrayRef),
+                ("note_id", kept_meta(note_id)),
+                ("source", kept_meta(source)),
+                ("subject_id", kept_meta(subject_id)),
+                ("hadm_id", kept_meta(hadm_id)),
+                ("category", kept_meta(category)),
                 ("text", Arc::new(StringArray::from(kept_text)) as ArrayRef),
             ])
             .expect("columns of one length"),
@@ -594,6 +611,8 @@ struct NoteBatch<'a> {
     reason: &'a StringArray,
     text: &'a StringArray,
     chars: &'a Int64Array,
+    /// source, note_id, subject_id, hadm_id, category: repeated in the catalog's tables.
+    metadata: [&'a ArrayRef; 5],
 }
 
 impl<'a> NoteBatch<'a> {
@@ -617,6 +636,13 @@ impl<'a> NoteBatch<'a> {
             reason: column(batch, 2)?,
             text: column(batch, 3)?,
             chars: column(batch, 4)?,
+            metadata: {
+                column::<StringArray>(batch, 5)?;
+                column::<Int64Array>(batch, 6)?;
+                column::<Int64Array>(batch, 7)?;
+                column::<StringArray>(batch, 8)?;
+                [1, 5, 6, 7, 8].map(|i| batch.column(i))
+            },
         })
     }
 
@@ -624,12 +650,8 @@ impl<'a> NoteBatch<'a> {
         self.ord.len()
     }
 
-    fn ord(&self, i: usize) -> i64 {
-        self.ord.value(i)
-    }
-
-    fn ords(&self) -> Int64Array {
-        self.ord.clone()
+    fn metadata(&self) -> [&'a ArrayRef; 5] {
+        self.metadata
     }
 
     fn source(&self, i: usize) -> Source {

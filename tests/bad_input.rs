@@ -36,6 +36,10 @@ fn build_fails(d: &Dir) -> String {
         !d.join("out/catalog.duckdb").exists(),
         "a failed build left a catalog"
     );
+    assert!(
+        !d.join("out/ingest.partial").exists(),
+        "a failed build left decompressed input"
+    );
     err
 }
 
@@ -124,6 +128,34 @@ fn bad_timestamp_and_repeated_row_id() {
     );
     let err = build_fails(&d);
     assert!(err.contains("record 3") && err.contains("unique"), "{err}");
+}
+
+#[test]
+fn records_are_counted_within_their_own_file() {
+    // The bad record is the third of the second MIMIC-IV file, after a gzipped first.
+    let d = Dir::new();
+    let row = |id: &str, subject: &str| {
+        format!("{id},{subject},,DS,1,2180-01-01 00:00:00,,\"{SECRET}\"\n")
+    };
+    let discharge = format!(
+        "{MIMIC4_HEADER}\n{}{}",
+        row("1-DS-1", "1"),
+        row("1-DS-2", "1")
+    );
+    d.write("mimic/note/discharge.csv.gz", gzip(discharge.as_bytes()));
+    let radiology = format!(
+        "{MIMIC4_HEADER}\n{}{}{}",
+        row("1-RR-1", "1"),
+        row("1-RR-2", "1"),
+        row("1-RR-3", "one")
+    );
+    d.write("mimic/note/radiology.csv.gz", gzip(radiology.as_bytes()));
+    let err = build_fails(&d);
+    assert!(err.contains("radiology.csv.gz"), "{err}");
+    assert!(
+        err.contains("record 3") && err.contains("`subject_id`"),
+        "{err}"
+    );
 }
 
 #[test]

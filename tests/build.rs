@@ -607,6 +607,55 @@ fn notes_longer_than_duckdbs_default_line_limit_are_read() {
 }
 
 #[test]
+fn notes_keep_file_order_across_plain_and_gzip_files() {
+    let d = Dir::new();
+    let m3: String = [5, 3, 9, 1]
+        .map(|id| m3_row(id, id, "", "", "", "Nursing", "", "", &format!("note {id}")) + "\n")
+        .concat();
+    d.write(
+        "mimic/mimiciii/NOTEEVENTS.csv.gz",
+        gzip(format!("{}\n{m3}", mimic3_header()).as_bytes()),
+    );
+    let m4 = |ids: [&str; 2]| {
+        let rows: String = ids
+            .map(|id| format!("{id},7,,DS,1,2180-01-01 00:00:00,,\"note {id}\"\n"))
+            .concat();
+        format!("{MIMIC4_HEADER}\n{rows}")
+    };
+    d.write(
+        "mimic/note/discharge.csv.gz",
+        gzip(m4(["7-DS-2", "7-DS-1"]).as_bytes()),
+    );
+    d.write("mimic/note/radiology.csv", m4(["7-RR-9", "7-RR-1"]));
+    d.ehrprep(&[
+        "build",
+        "--no-shards",
+        "--mimic-dir",
+        "mimic",
+        "--out",
+        "out",
+    ])
+    .ok();
+    let conn = catalog(&d.join("out"));
+    let order: Vec<String> = rows(&conn, "SELECT note_id FROM note_decisions")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    let expected = ["5", "3", "9", "1", "7-DS-2", "7-DS-1", "7-RR-9", "7-RR-1"];
+    assert_eq!(order, expected);
+    let corpus: Vec<Vec<String>> = rows(&conn, "SELECT note_id, text FROM corpus ORDER BY seq");
+    let by_seq: Vec<&str> = corpus.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(by_seq, expected);
+    assert!(corpus.iter().all(|r| r[1] == format!("note {}", r[0])));
+    // The decompressed copies DuckDB read are gone.
+    let left: Vec<_> = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["catalog.duckdb"]);
+}
+
+#[test]
 fn sql_prints_table_csv_and_json() {
     let d = Dir::new();
     recipe_inputs(&d);
