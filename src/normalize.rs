@@ -4,9 +4,11 @@
 //! Pure functions over one note's text, so the pipeline can run them in parallel and tests can
 //! pin their output with snapshots.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
+use memchr::memmem;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -118,9 +120,6 @@ static DATE_LIKE: LazyLock<Regex> = LazyLock::new(|| {
 
 static WHITESPACE_RUN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid regex"));
 
-/// Runs of underscores; MIMIC-IV's placeholder is exactly three of them.
-static UNDERSCORES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"_+").expect("valid regex"));
-
 /// Context right before a MIMIC-IV `___` that tells its type unambiguously.
 static IV_BEFORE: LazyLock<[(Regex, &'static str); 5]> = LazyLock::new(|| {
     [
@@ -154,24 +153,57 @@ static IV_AFTER: LazyLock<[(Regex, &'static str); 1]> = LazyLock::new(|| {
 const CONTEXT_BYTES: usize = 32;
 
 /// Normalizes one note. Returns the cleaned text; an empty string means nothing was left.
+///
+/// Each step borrows its input when it has nothing to change, which is the common case, so
+/// most notes are copied once, by the last step.
 pub fn normalize(text: &str, source: Source, deid: Deid) -> String {
     let cleaned = strip_junk(text);
-    let tagged = match deid {
-        Deid::Keep => cleaned,
+    match deid {
+        Deid::Keep => tidy_lines(&cleaned),
         Deid::Tags => {
             let text = replace_mimic3_placeholders(&cleaned);
             match source {
-                Source::MimicIv => replace_mimic4_placeholders(&text),
-                Source::MimicIii => text,
+                Source::MimicIv => tidy_lines(&replace_mimic4_placeholders(&text)),
+                Source::MimicIii => tidy_lines(&text),
             }
         }
-    };
-    tidy_lines(&tagged)
+    }
+}
+
+static POPUP: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new("JavaScript:parent.POPUP"));
+
+/// Whether `text` has nothing [`strip_junk`] removes or rewrites: no control character
+/// other than tab and newline (C0, DEL, or C1, which UTF-8 spells `C2 80..=C2 9F`), no
+/// `\r`, no POPUP line.
+fn is_clean(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let suspect = |b: u8| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f || b == 0xc2;
+    if bytes.iter().any(|&b| suspect(b)) {
+        // 0xC2 also starts common characters such as `°`: look again, exactly.
+        let control = bytes.iter().enumerate().any(|(i, &b)| match b {
+            0xc2 => bytes.get(i + 1).is_some_and(|&n| n < 0xa0),
+            b => suspect(b),
+        });
+        if control {
+            return false;
+        }
+    }
+    POPUP.find(bytes).is_none()
 }
 
 /// Drops `JavaScript:parent.POPUP` lines and control characters other than tab and newline;
 /// `\r\n` and lone `\r` become `\n`.
-fn strip_junk(text: &str) -> String {
+fn strip_junk(text: &str) -> Cow<'_, str> {
+    if is_clean(text) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(remove_junk(text))
+    }
+}
+
+/// [`strip_junk`]'s work, line by line; every line gets a `\n`.
+fn remove_junk(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -207,12 +239,21 @@ fn tidy_lines(text: &str) -> String {
     out
 }
 
-fn replace_mimic3_placeholders(text: &str) -> String {
-    MIMIC3_PLACEHOLDER
-        .replace_all(text, |caps: &regex::Captures<'_>| {
-            mimic3_tag(&caps[1]).into_owned()
-        })
-        .into_owned()
+fn replace_mimic3_placeholders(text: &str) -> Cow<'_, str> {
+    let mut matches = MIMIC3_PLACEHOLDER.find_iter(text).peekable();
+    if matches.peek().is_none() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for m in matches {
+        out.push_str(&text[last..m.start()]);
+        // The inside, without `[**` and `**]`: no capture group, so no capture engine.
+        out.push_str(&mimic3_tag(&text[m.start() + 3..m.end() - 3]));
+        last = m.end();
+    }
+    out.push_str(&text[last..]);
+    Cow::Owned(out)
 }
 
 /// The replacement for the inside of one `[**...**]` placeholder.
@@ -235,19 +276,29 @@ pub fn mimic3_tag(inner: &str) -> std::borrow::Cow<'static, str> {
     "[MISC]".into()
 }
 
-fn replace_mimic4_placeholders(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut last = 0;
-    for m in UNDERSCORES.find_iter(text) {
-        if m.len() != 3 {
-            continue;
+/// Replaces each run of exactly three underscores.
+fn replace_mimic4_placeholders(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut at, mut last) = (0, 0);
+    while let Some(found) = memchr::memchr(b'_', &bytes[at..]) {
+        let start = at + found;
+        let end = start + bytes[start..].iter().take_while(|&&b| b == b'_').count();
+        if end - start == 3 {
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[last..start]);
+            out.push_str(mimic4_tag(text, start, end));
+            last = end;
         }
-        out.push_str(&text[last..m.start()]);
-        out.push_str(mimic4_tag(text, m.start(), m.end()));
-        last = m.end();
+        at = end;
     }
-    out.push_str(&text[last..]);
-    out
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut out) => {
+            out.push_str(&text[last..]);
+            Cow::Owned(out)
+        }
+    }
 }
 
 /// The tag for the `___` at `start..end`, from the text around it on the same line.
@@ -275,6 +326,49 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_notes_are_exactly_the_ones_junk_removal_leaves_alone() {
+        // Notes drawn from characters on both sides of every fast-path test: C0, DEL, C1
+        // (U+0085), characters that share C1's first byte (`°`, NBSP), CR, tab, POPUP.
+        let alphabet = [
+            "a",
+            " ",
+            "\n",
+            "\t",
+            "\r",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "\u{85}",
+            "\u{9f}",
+            "\u{a0}",
+            "°",
+            "é",
+            "JavaScript:parent.POPUP",
+            "JavaScript:parent",
+            "_",
+        ];
+        let mut state = 7u64;
+        let mut pick = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..5000 {
+            let len = pick(12);
+            let text: String = (0..len).map(|_| alphabet[pick(alphabet.len())]).collect();
+            let removed = remove_junk(&text);
+            let unchanged = removed == format!("{text}\n");
+            assert_eq!(is_clean(&text), unchanged, "{text:?}");
+            assert_eq!(
+                tidy_lines(&strip_junk(&text)),
+                tidy_lines(&removed),
+                "{text:?}"
+            );
+        }
+    }
 
     fn iii(text: &str) -> String {
         normalize(text, Source::MimicIii, Deid::Tags)
