@@ -26,7 +26,7 @@ SELECT 'mimic-iii', CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR), TRY_CAST(ROW_ID
        coalesce(TEXT, '')
 FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 16777216,
+    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
     columns = {
         'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
         'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
@@ -52,7 +52,7 @@ SELECT 'mimic-iv', trim(note_id), NULL, TRY_CAST(subject_id AS BIGINT),
        coalesce(text, '')
 FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 16777216,
+    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
     columns = {
         'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
         'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
