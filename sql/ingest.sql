@@ -3,6 +3,8 @@
 -- bad value is reported by record and field (validate_notes) instead of as a DuckDB cast
 -- error quoting the whole record. Headers are checked in Rust before these run, and the
 -- `columns` lists below name the columns in the order the header was checked to have.
+-- buffer_size: DuckDB's default is 16 x max_line_size (256 MiB here), one buffer for any
+-- real file and so one parsing thread; 16 MiB buffers are parsed in parallel.
 
 -- name: insert_mimic3
 -- Values that do not cast become NULL and `bad` names the record's first such field;
