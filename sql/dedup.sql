@@ -30,7 +30,3 @@ DELETE FROM corpus WHERE seq IN (SELECT seq FROM stage_dedup WHERE seq <> root);
 
 -- name: drop_stage
 DROP TABLE IF EXISTS stage_dedup;
-
--- name: near_chars
-SELECT coalesce(sum(length(c.text)), 0)::BIGINT
-FROM stage_dedup m JOIN corpus c ON c.seq = m.seq WHERE m.seq <> m.root;

@@ -307,25 +307,24 @@ impl Reps {
     }
 }
 
-/// Finds near duplicates among the kept notes of a build from their sketches (note `seq`
-/// at index `seq`, made during normalization), records every cluster in `dedup_clusters`,
-/// and with `remove` moves all but each cluster's first note out of the corpus with reason
-/// `near_duplicate`. Returns how many notes are near duplicates of an earlier one, and their
-/// characters.
+/// Records the near-duplicate clusters of a build's kept notes in `dedup_clusters`, and with
+/// `remove` moves all but each cluster's first note out of the corpus with reason
+/// `near_duplicate`. `roots` are [`Sketches::clusters`] of the kept notes (note `seq` at
+/// index `seq`) and `chars` their characters. Returns how many notes are near duplicates of
+/// an earlier one, and their characters.
 pub fn run(
     conn: &duckdb::Connection,
     build_id: &str,
-    config: &MinHashConfig,
-    sketches: &Sketches,
+    roots: &[usize],
+    chars: &[u64],
     remove: bool,
 ) -> crate::Result<(u64, u64)> {
     use crate::Error;
     use crate::sql::DEDUP;
     conn.execute_batch(DEDUP.get("schema"))
         .map_err(Error::catalog("creating dedup tables"))?;
-    let roots = sketches.clusters(config.threshold);
     let mut size = vec![0u32; roots.len()];
-    for &r in &roots {
+    for &r in roots {
         size[r] += 1;
     }
     conn.execute_batch(DEDUP.get("stage"))
@@ -333,21 +332,21 @@ pub fn run(
     let mut app = conn
         .appender("stage_dedup")
         .map_err(Error::catalog("staging clusters"))?;
-    let mut near = 0;
+    let (mut near, mut near_chars) = (0, 0);
     for (i, &r) in roots.iter().enumerate() {
         if size[r] > 1 {
             app.append_row([i as i64, r as i64])
                 .map_err(Error::catalog("staging clusters"))?;
-            near += u64::from(i != r);
+            if i != r {
+                near += 1;
+                near_chars += chars[i];
+            }
         }
     }
     app.flush().map_err(Error::catalog("staging clusters"))?;
     drop(app);
     conn.execute(DEDUP.get("members"), [build_id])
         .map_err(Error::catalog("recording clusters"))?;
-    let chars: i64 = conn
-        .query_row(DEDUP.get("near_chars"), [], |r| r.get(0))
-        .map_err(Error::catalog("measuring near duplicates"))?;
     if remove {
         conn.execute(DEDUP.get("drop_near_duplicates"), [build_id])
             .map_err(Error::catalog("dropping near duplicates"))?;
@@ -356,7 +355,7 @@ pub fn run(
     }
     conn.execute_batch(DEDUP.get("drop_stage"))
         .map_err(Error::catalog("dropping staging tables"))?;
-    Ok((near, chars as u64))
+    Ok((near, near_chars))
 }
 
 /// Estimated Jaccard similarity: the share of equal signature slots.

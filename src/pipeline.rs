@@ -199,13 +199,13 @@ fn build_into(
 
     let Decided {
         mut stats,
-        sketches,
+        roots,
+        kept_chars,
     } = normalize_and_decide(&conn, config, &build_id, reporter)?;
     stage_done("normalize");
     // Without near-duplicate detection there are no sketches: no clusters, an empty table.
     let remove = config.recipe == Recipe::Strict;
-    let (near, near_chars) =
-        crate::dedup::run(&conn, &build_id, &config.minhash, &sketches, remove)?;
+    let (near, near_chars) = crate::dedup::run(&conn, &build_id, &roots, &kept_chars, remove)?;
     if remove {
         stats.move_notes(Reason::Kept, Reason::NearDuplicate, near, near_chars);
     }
@@ -391,11 +391,13 @@ struct Normalized {
     chars: u64,
 }
 
-/// What normalization hands on: the statistics, and the kept notes' MinHash sketches in
-/// `seq` order.
+/// What normalization hands on: the statistics, and per kept note (by `seq`) its
+/// near-duplicate cluster root and its characters (both empty without near-duplicate
+/// detection).
 struct Decided {
     stats: BuildStats,
-    sketches: Sketches,
+    roots: Vec<usize>,
+    kept_chars: Vec<u64>,
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
@@ -416,6 +418,7 @@ fn normalize_and_decide(
     reporter.start("normalizing", total, "notes");
     let mut stats = BuildStats::default();
     let mut sketches = Sketches::new(&config.minhash);
+    let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let batch = config.batch_notes.max(1) as i64;
     let mut stmt = conn
@@ -434,6 +437,7 @@ fn normalize_and_decide(
         build_id,
         stats: &mut stats,
         sketches: &mut sketches,
+        kept_chars: &mut kept_chars,
         seen: &mut seen,
         seq: 0,
     };
@@ -483,13 +487,28 @@ fn normalize_and_decide(
         d.append(&mut decisions, &mut kept)?;
         reporter.advance(d.note_count);
     }
-    decisions
-        .flush()
-        .map_err(Error::catalog("writing decisions"))?;
-    kept.flush().map_err(Error::catalog("writing the corpus"))?;
+    // DuckDB compresses the corpus as it flushes, on this thread; the clusters need only
+    // the sketches, so they are found meanwhile.
+    let threshold = config.minhash.threshold;
+    let (flushed, roots) = std::thread::scope(|s| {
+        let roots = s.spawn(|| sketches.clusters(threshold));
+        let flushed = decisions
+            .flush()
+            .map_err(Error::catalog("writing decisions"))
+            .and_then(|()| kept.flush().map_err(Error::catalog("writing the corpus")));
+        let roots = roots
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (flushed, roots)
+    });
+    flushed?;
     drop((decisions, kept));
     reporter.finish();
-    Ok(Decided { stats, sketches })
+    Ok(Decided {
+        stats,
+        roots,
+        kept_chars,
+    })
 }
 
 /// What deciding needs across ranges of notes; lent to the decision thread.
@@ -498,6 +517,8 @@ struct DecideState<'a> {
     build_id: &'a str,
     stats: &'a mut BuildStats,
     sketches: &'a mut Sketches,
+    /// Characters of each sketched note, for the near duplicates' count.
+    kept_chars: &'a mut Vec<u64>,
     seen: &'a mut HashSet<u128>,
     /// The next kept note's `seq`.
     seq: i64,
@@ -555,6 +576,9 @@ impl DecideState<'_> {
             match norm {
                 Some(n) if reason == Reason::Kept => {
                     self.stats.add(reason, n.chars);
+                    if config.near_duplicates {
+                        self.kept_chars.push(n.chars);
+                    }
                     kept_seq.push(self.seq);
                     kept_rows.push(i as u32);
                     kept_text.push(n.text);

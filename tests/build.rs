@@ -759,6 +759,16 @@ fn near_duplicates_are_recorded_and_dropped_only_under_strict() {
             [[corpus.to_string()]],
             "{out}"
         );
+        // The statistics move the near duplicate's characters with it.
+        let stats: serde_json::Value =
+            serde_json::from_str(&rows(&conn, "SELECT stats FROM build_runs")[0][0]).unwrap();
+        let chars = |reason: &str| stats["by_reason"][reason]["chars"].as_u64();
+        if out == "strict" {
+            assert_eq!(chars("near_duplicate"), Some(b.len() as u64));
+            assert_eq!(chars("kept"), Some((a.len() + c.trim_end().len()) as u64));
+        } else {
+            assert_eq!(chars("near_duplicate"), None, "{out}");
+        }
         corpora.push(rows(
             &conn,
             "SELECT seq, note_id, text FROM corpus ORDER BY seq",
