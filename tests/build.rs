@@ -545,8 +545,10 @@ fn outputs_are_owner_only_and_reruns_refuse_without_force() {
 fn a_killed_build_leaves_no_catalog_and_the_next_run_starts_over() {
     let d = Dir::new();
     recipe_inputs(&d);
-    // What a build killed mid-way leaves: the temporary catalog only.
+    // What a build killed mid-way leaves: the temporary catalog, and perhaps the
+    // decompressed copy of an input being read.
     d.write("out/catalog.duckdb.partial", b"not a finished database");
+    d.write("out/ingest.partial/NOTEEVENTS.csv", b"decompressed notes");
     assert!(!d.join("out/catalog.duckdb").exists());
     let run = d.ehrprep(&[
         "build",
@@ -564,6 +566,7 @@ fn a_killed_build_leaves_no_catalog_and_the_next_run_starts_over() {
     );
     assert!(d.join("out/catalog.duckdb").exists());
     assert!(!d.join("out/catalog.duckdb.partial").exists());
+    assert!(!d.join("out/ingest.partial").exists());
 }
 
 #[test]
