@@ -288,13 +288,7 @@ fn every_note_gets_exactly_the_expected_reason() {
     let d = Dir::new();
     let expected = recipe_inputs(&d);
     let stdout = d
-        .ehrprep(&[
-            "build",
-            "--no-shards",
-            "--mimic-dir",
-            "mimic",
-            "--out",
-            "out",
+        .build_corpus(&[
             "--task-data",
             "tasks",
             "--exclude-subjects",
@@ -363,16 +357,7 @@ fn every_note_gets_exactly_the_expected_reason() {
 fn unmatched_task_rows_are_reported() {
     let d = Dir::new();
     recipe_inputs(&d);
-    let run = d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-        "--task-data",
-        "tasks",
-    ]);
+    let run = d.build_corpus(&["--task-data", "tasks"]);
     run.ok();
     assert!(
         run.stderr()
@@ -387,14 +372,7 @@ fn era_rule_is_skipped_without_icustays_or_without_mimic4() {
     let d = Dir::new();
     recipe_inputs(&d);
     std::fs::remove_file(d.join("mimic/mimiciii/ICUSTAYS.csv.gz")).unwrap();
-    let run = d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ]);
+    let run = d.build_corpus(&[]);
     run.ok();
     assert!(
         run.stderr().contains("ICUSTAYS was not found"),
@@ -409,14 +387,7 @@ fn era_rule_is_skipped_without_icustays_or_without_mimic4() {
     let d = Dir::new();
     recipe_inputs(&d);
     std::fs::remove_dir_all(d.join("mimic/mimic-iv-note")).unwrap();
-    let run = d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ]);
+    let run = d.build_corpus(&[]);
     run.ok();
     assert!(
         !run.stderr().contains("ICUSTAYS was not found"),
@@ -431,17 +402,7 @@ fn era_rule_is_skipped_without_icustays_or_without_mimic4() {
 fn deid_keep_leaves_placeholders() {
     let d = Dir::new();
     recipe_inputs(&d);
-    d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-        "--deid",
-        "keep",
-    ])
-    .ok();
+    d.build_corpus(&["--deid", "keep"]).ok();
     let conn = catalog(&d.join("out"));
     let text = rows(&conn, "SELECT text FROM corpus WHERE note_id = '14'");
     assert_eq!(
@@ -504,41 +465,15 @@ fn outputs_are_owner_only_and_reruns_refuse_without_force() {
     use std::os::unix::fs::PermissionsExt;
     let d = Dir::new();
     recipe_inputs(&d);
-    d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ])
-    .ok();
+    d.build_corpus(&[]).ok();
     let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("out"), 0o700);
     assert_eq!(mode("out/catalog.duckdb"), 0o600);
 
-    let err = d
-        .ehrprep(&[
-            "build",
-            "--no-shards",
-            "--mimic-dir",
-            "mimic",
-            "--out",
-            "out",
-        ])
-        .fails();
+    let err = d.build_corpus(&[]).fails();
     assert!(err.contains("already holds a finished build"), "{err}");
     assert!(err.contains("--force"), "{err}");
-    d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-        "--force",
-    ])
-    .ok();
+    d.build_corpus(&["--force"]).ok();
 }
 
 #[test]
@@ -550,14 +485,7 @@ fn a_killed_build_leaves_no_catalog_and_the_next_run_starts_over() {
     d.write("out/catalog.duckdb.partial", b"not a finished database");
     d.write("out/ingest.partial/NOTEEVENTS.csv", b"decompressed notes");
     assert!(!d.join("out/catalog.duckdb").exists());
-    let run = d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ]);
+    let run = d.build_corpus(&[]);
     run.ok();
     assert!(
         run.stderr().contains("unfinished build"),
@@ -590,15 +518,7 @@ fn notes_longer_than_duckdbs_default_line_limit_are_read() {
         )
     );
     d.write("mimic/NOTEEVENTS.csv.gz", gzip(csv.as_bytes()));
-    d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ])
-    .ok();
+    d.build_corpus(&[]).ok();
     let conn = catalog(&d.join("out"));
     let got = rows(
         &conn,
@@ -630,15 +550,7 @@ fn notes_keep_file_order_across_plain_and_gzip_files() {
         gzip(m4(["7-DS-2", "7-DS-1"]).as_bytes()),
     );
     d.write("mimic/note/radiology.csv", m4(["7-RR-9", "7-RR-1"]));
-    d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ])
-    .ok();
+    d.build_corpus(&[]).ok();
     let conn = catalog(&d.join("out"));
     let order: Vec<String> = rows(&conn, "SELECT note_id FROM note_decisions")
         .into_iter()
@@ -662,15 +574,7 @@ fn notes_keep_file_order_across_plain_and_gzip_files() {
 fn sql_prints_table_csv_and_json() {
     let d = Dir::new();
     recipe_inputs(&d);
-    d.ehrprep(&[
-        "build",
-        "--no-shards",
-        "--mimic-dir",
-        "mimic",
-        "--out",
-        "out",
-    ])
-    .ok();
+    d.build_corpus(&[]).ok();
     let q = "SELECT reason, count(*) AS notes FROM note_decisions GROUP BY 1 ORDER BY 1";
     let csv = d
         .ehrprep(&["sql", "--db", "out/catalog.duckdb", "--format", "csv", q])

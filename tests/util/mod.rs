@@ -41,6 +41,21 @@ impl Dir {
         self.ehrprep(&args)
     }
 
+    /// `ehrprep build --no-shards` of `mimic` into `out`, with `extra` flags: the corpus
+    /// stage alone.
+    pub fn build_corpus(&self, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "build",
+            "--no-shards",
+            "--mimic-dir",
+            "mimic",
+            "--out",
+            "out",
+        ];
+        args.extend_from_slice(extra);
+        self.ehrprep(&args)
+    }
+
     /// The fixtures built for training tests: a small vocabulary, 128-token inputs and a
     /// validation split large enough to have rows.
     pub fn build_fixtures_for_training(&self, out: &str) -> Run {
