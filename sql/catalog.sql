@@ -47,9 +47,10 @@ CREATE TABLE IF NOT EXISTS corpus (
 -- Working tables of a build: temporary (this connection only, in memory up to the memory
 -- limit, spilled to the temp directory beyond it), never compressed into the catalog file.
 -- stage_notes' rowid is a note's place in the build (`ord`): files are inserted in order,
--- each in file order, and nothing is ever deleted. Its values are checked after each file
--- (`bad` names a record's first field that failed to cast), not by constraints, so that an
--- error names the record and field.
+-- each in file order, and nothing is ever deleted. It holds no text (normalization reads
+-- each file again). Its values are checked after each file (`bad` names a record's first
+-- field that failed to cast), not by constraints, so that an error names the record and
+-- field.
 CREATE TEMP TABLE stage_notes (
     source     VARCHAR NOT NULL,
     note_id    VARCHAR,
@@ -62,7 +63,7 @@ CREATE TEMP TABLE stage_notes (
     cgid       BIGINT,
     iserror    BOOLEAN NOT NULL,
     bad        VARCHAR,
-    text       VARCHAR NOT NULL
+    chars      BIGINT NOT NULL -- of the raw text, which is read from the file again later
 );
 CREATE TEMP TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
 CREATE TEMP TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);

@@ -1,5 +1,6 @@
--- Loading MIMIC CSV files straight into stage_notes, in file order, so a note's rowid there
--- is its place in the build (`ord`). Fields are read as text and cast with TRY_CAST, so a
+-- Loading MIMIC CSV files straight into stage_notes (metadata and each note's characters),
+-- in file order, so a note's rowid there is its place in the build (`ord`); the text is
+-- read again when it is normalized (text_mimic3, text_mimic4). Fields are read as text and cast with TRY_CAST, so a
 -- bad value is reported by record and field (validate_notes) instead of as a DuckDB cast
 -- error quoting the whole record. Headers are checked in Rust before these run, and the
 -- `columns` lists below name the columns in the order the header was checked to have.
@@ -25,7 +26,7 @@ SELECT 'mimic-iii', CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR), TRY_CAST(ROW_ID
            WHEN CGID IS NOT NULL AND TRY_CAST(CGID AS BIGINT) IS NULL THEN 'CGID'
            WHEN ISERROR IS NOT NULL AND trim(ISERROR) NOT IN ('', '0', '1') THEN 'ISERROR'
        END,
-       coalesce(TEXT, '')
+       length(coalesce(TEXT, ''))
 FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
@@ -51,7 +52,33 @@ SELECT 'mimic-iv', trim(note_id), NULL, TRY_CAST(subject_id AS BIGINT),
            WHEN charttime IS NOT NULL AND TRY_CAST(charttime AS TIMESTAMP) IS NULL THEN 'charttime'
            WHEN storetime IS NOT NULL AND TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN 'storetime'
        END,
-       coalesce(text, '')
+       length(coalesce(text, ''))
+FROM read_csv(?,
+    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
+    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
+    columns = {
+        'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
+        'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
+        'storetime': 'VARCHAR', 'text': 'VARCHAR'
+    });
+
+-- name: text_mimic3
+-- The second read of a staged file, after the set rules: its notes' text in file order,
+-- streamed to normalization. Only the staged metadata is kept in between, so the raw
+-- notes never sit in DuckDB's memory.
+SELECT coalesce(TEXT, '') AS text
+FROM read_csv(?,
+    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
+    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
+    columns = {
+        'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
+        'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
+        'CATEGORY': 'VARCHAR', 'DESCRIPTION': 'VARCHAR', 'CGID': 'VARCHAR',
+        'ISERROR': 'VARCHAR', 'TEXT': 'VARCHAR'
+    });
+
+-- name: text_mimic4
+SELECT coalesce(text, '') AS text
 FROM read_csv(?,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,

@@ -49,12 +49,10 @@ WHERE t.row_id NOT IN (SELECT row_id FROM stage_notes WHERE source = 'mimic-iii'
 
 -- name: note_batch
 -- One batch of notes in build order, with the reason from the set rules (NULL: still in)
--- and the metadata that note_decisions and corpus repeat.
-SELECT n.rowid AS ord, n.source, r.reason, CASE WHEN r.reason IS NULL THEN n.text END AS text,
-       length(n.text)::BIGINT AS chars, n.note_id, n.subject_id, n.hadm_id, n.category
+-- and the metadata that note_decisions and corpus repeat; the text comes from the file.
+SELECT n.rowid AS ord, n.source, r.reason, n.chars, n.note_id, n.subject_id, n.hadm_id,
+       n.category
 FROM stage_notes n JOIN stage_reasons r ON r.ord = n.rowid
 WHERE n.rowid >= $1 AND n.rowid < $2 AND r.ord >= $1 AND r.ord < $2
 ORDER BY n.rowid;
 
--- name: note_count
-SELECT count(*), coalesce(max(rowid) + 1, 0) FROM stage_notes;

@@ -57,15 +57,48 @@ pub struct FileStats {
     pub bytes: u64,
 }
 
+/// A staged note file, for the second read of its text: the file DuckDB reads (a `.csv.gz`
+/// file's plain copy, removed when this is dropped), and the rowids its notes took.
+pub struct NoteText {
+    path: PathBuf,
+    data: Plain,
+    kind: NoteFile,
+    /// The rowid of the file's first note in `stage_notes`.
+    pub first: i64,
+    pub records: u64,
+}
+
+impl NoteText {
+    /// The input file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The statement that streams the file's text, and the file it reads.
+    pub fn query(&self) -> Result<(&'static str, &str)> {
+        let sql = match self.kind {
+            NoteFile::Mimic3 => INGEST.get("text_mimic3"),
+            NoteFile::Mimic4(_) => INGEST.get("text_mimic4"),
+        };
+        Ok((sql, path_str(self.data.path(&self.path))?))
+    }
+
+    /// Translates an error from reading the file again.
+    pub fn error(&self, e: &duckdb::Error) -> Error {
+        csv_error(&self.path, e)
+    }
+}
+
 /// Loads every note file of `inputs` into `stage_notes` (and ICUSTAYS into `stage_icustays`),
-/// in file order, so a note's rowid there is its place in the build. `scratch` holds the
-/// decompressed copy of a `.csv.gz` note file while DuckDB reads it.
+/// in file order, so a note's rowid there is its place in the build; the text is not kept
+/// (only its characters), but read again from what [`NoteText`] names. `scratch` holds the
+/// decompressed copy of a `.csv.gz` note file until then.
 pub fn ingest(
     conn: &Connection,
     inputs: &Inputs,
     scratch: &Path,
     reporter: &dyn Reporter,
-) -> Result<Vec<FileStats>> {
+) -> Result<(Vec<FileStats>, Vec<NoteText>)> {
     let mut files: Vec<(&Path, NoteFile)> = Vec::new();
     if let Some(m3) = &inputs.mimic3 {
         files.push((&m3.noteevents, NoteFile::Mimic3));
@@ -86,9 +119,9 @@ pub fn ingest(
     }
     // DuckDB decompresses gzip on one thread, several times slower than flate2 (see the
     // README's measurements), so the next file is decompressed here while DuckDB parses
-    // the current one: at most two plain copies exist at once.
+    // the current one.
     std::thread::scope(|s| {
-        let mut stats = Vec::new();
+        let (mut stats, mut texts) = (Vec::new(), Vec::new());
         let mut next = None;
         for (i, &(path, kind)) in files.iter().enumerate() {
             let plain = match next.take() {
@@ -98,18 +131,20 @@ pub fn ingest(
             if let Some(&(following, _)) = files.get(i + 1) {
                 next = Some(s.spawn(move || Plain::of(following, scratch)));
             }
-            stats.push(load_notes(conn, path, plain.path(path), kind, reporter)?);
+            let (file, first) = load_notes(conn, path, plain.path(path), kind, reporter)?;
+            texts.push(NoteText {
+                path: path.to_path_buf(),
+                data: plain,
+                kind,
+                first,
+                records: file.records,
+            });
+            stats.push(file);
         }
         if let Some(handle) = next {
             join(handle)?;
         }
-        Ok(stats)
-    })
-    .and_then(|stats| {
-        if scratch.exists() {
-            std::fs::remove_dir_all(scratch).map_err(Error::io(scratch))?;
-        }
-        Ok(stats)
+        Ok((stats, texts))
     })
 }
 
@@ -203,14 +238,15 @@ impl NoteFile {
     }
 }
 
-/// Loads one note file; DuckDB reads `data`, `path` or its plain copy.
+/// Loads one note file; DuckDB reads `data`, `path` or its plain copy. Returns what the file
+/// contributed and the rowid of its first note.
 fn load_notes(
     conn: &Connection,
     path: &Path,
     data: &Path,
     kind: NoteFile,
     reporter: &dyn Reporter,
-) -> Result<FileStats> {
+) -> Result<(FileStats, i64)> {
     let bytes = std::fs::metadata(path).map_err(Error::io(path))?.len();
     let (source, duplicate) = match kind {
         NoteFile::Mimic3 => (Source::MimicIii, "duplicate_mimic3"),
@@ -262,12 +298,13 @@ fn load_notes(
             expected: "a note id unique across the inputs".to_string(),
         });
     }
-    Ok(FileStats {
+    let file = FileStats {
         path: path.to_path_buf(),
         source,
         records,
         bytes,
-    })
+    };
+    Ok((file, first))
 }
 
 fn load_icustays(conn: &Connection, path: &Path) -> Result<()> {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::{self, CATALOG_FILE};
 use crate::dedup::{Sketch, Sketches};
 use crate::discover::{self, Inputs};
-use crate::ingest::{self, FileStats};
+use crate::ingest::{self, FileStats, NoteText};
 use crate::normalize::{Deid, normalize};
 use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
@@ -190,7 +190,8 @@ fn build_into(
         stages.push((name, lap.elapsed().as_secs_f64()));
         lap = Instant::now();
     };
-    let files = ingest::ingest(&conn, inputs, &config.out.join(SCRATCH_DIR), reporter)?;
+    let scratch = config.out.join(SCRATCH_DIR);
+    let (files, texts) = ingest::ingest(&conn, inputs, &scratch, reporter)?;
     stage_done("ingest");
     let mut warnings = Vec::new();
     let rules = set_rules(config, &conn, inputs, &mut warnings)?;
@@ -201,7 +202,11 @@ fn build_into(
         mut stats,
         roots,
         kept_chars,
-    } = normalize_and_decide(&conn, config, &build_id, reporter)?;
+    } = normalize_and_decide(&conn, &texts, config, &build_id, reporter)?;
+    drop(texts);
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).map_err(Error::io(&scratch))?;
+    }
     stage_done("normalize");
     // Without near-duplicate detection there are no sketches: no clusters, an empty table.
     let remove = config.recipe == Recipe::Strict;
@@ -401,20 +406,18 @@ struct Decided {
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
-/// decides each note's reason. Each batch of notes comes with its metadata, so its rows of
-/// `note_decisions` and `corpus` are appended as Arrow batches straight away: the text is
-/// copied into the catalog once, and no join or sort runs over it.
+/// decides each note's reason. A batch's metadata and reasons come from the staging tables
+/// and its text from a second, streamed read of the file (`texts`), so the raw notes are
+/// never held in DuckDB; its rows of `note_decisions` and `corpus` are appended as Arrow
+/// batches straight away: the text is copied into the catalog once.
 fn normalize_and_decide(
     conn: &Connection,
+    texts: &[NoteText],
     config: &BuildConfig,
     build_id: &str,
     reporter: &dyn Reporter,
 ) -> Result<Decided> {
-    let (total, end): (u64, i64) = conn
-        .query_row(SELECT_PAPER.get("note_count"), [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .map_err(Error::catalog("counting notes"))?;
+    let total: u64 = texts.iter().map(|t| t.records).sum();
     reporter.start("normalizing", total, "notes");
     let mut stats = BuildStats::default();
     let mut sketches = Sketches::new(&config.minhash);
@@ -424,6 +427,26 @@ fn normalize_and_decide(
     let mut stmt = conn
         .prepare(SELECT_PAPER.get("note_batch"))
         .map_err(Error::catalog("reading notes"))?;
+    // The text streams from a second read of each file, on a second connection (a
+    // connection runs one query at a time), in ranges of at most `batch` notes per file.
+    let reader = conn.try_clone().map_err(Error::catalog("reading notes"))?;
+    reader
+        .execute_batch(CATALOG.get("settings"))
+        .map_err(Error::catalog("reading notes"))?;
+    let mut statements = texts
+        .iter()
+        .map(|t| reader.prepare(t.query()?.0).map_err(|e| t.error(&e)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut text = TextReader::new(texts, &mut statements);
+    let ranges: Vec<(i64, i64)> = texts
+        .iter()
+        .flat_map(|t| {
+            let end = t.first + t.records as i64;
+            (t.first..end)
+                .step_by(batch as usize)
+                .map(move |lo| (lo, (lo + batch).min(end)))
+        })
+        .collect();
     let mut decisions = conn
         .appender("note_decisions")
         .map_err(Error::catalog("writing decisions"))?;
@@ -441,18 +464,22 @@ fn normalize_and_decide(
         seen: &mut seen,
         seq: 0,
     };
-    let mut read = |lo: i64| -> Result<Vec<RecordBatch>> {
-        Ok(stmt
-            .query_arrow([lo, lo + batch])
+    let mut read = |(lo, hi): (i64, i64)| -> Result<Vec<RecordBatch>> {
+        let notes: Vec<RecordBatch> = stmt
+            .query_arrow([lo, hi])
             .map_err(Error::catalog("reading notes"))?
-            .collect())
+            .collect();
+        let text = text.take((hi - lo) as usize, &notes)?;
+        with_text(notes, &text)
     };
-    let mut current = if end > 0 { read(0)? } else { Vec::new() };
-    let mut lo = 0;
+    let mut current = match ranges.first() {
+        Some(&range) => read(range)?,
+        None => Vec::new(),
+    };
     // Decided but not yet appended: the previous range.
     let mut previous: Vec<Decisions> = Vec::new();
-    while lo < end {
-        let next_lo = lo + batch;
+    let followers = ranges.iter().skip(1).copied().map(Some);
+    for following in followers.chain([None]) {
         // One scoped thread per range: ranges are thousands of notes (`--batch-notes`).
         let (appended, decided, next) = std::thread::scope(|s| {
             let worker = s.spawn(|| {
@@ -464,8 +491,8 @@ fn normalize_and_decide(
             let appended = previous
                 .iter()
                 .try_for_each(|d| d.append(&mut decisions, &mut kept));
-            let next = match (&appended, next_lo < end) {
-                (Ok(()), true) => Some(read(next_lo)),
+            let next = match (&appended, following) {
+                (Ok(()), Some(range)) => Some(read(range)),
                 _ => None,
             };
             let decided = worker
@@ -481,8 +508,8 @@ fn normalize_and_decide(
         }
         previous = decided?;
         current = next.transpose()?.unwrap_or_default();
-        lo = next_lo;
     }
+    text.finish()?;
     for d in &previous {
         d.append(&mut decisions, &mut kept)?;
         reporter.advance(d.note_count);
@@ -628,7 +655,146 @@ impl DecideState<'_> {
     }
 }
 
-/// The columns of one `note_batch` result.
+/// Streams the text of the staged files, in order, from their second read.
+struct TextReader<'a, 'conn> {
+    files: std::iter::Zip<
+        std::slice::Iter<'a, NoteText>,
+        std::slice::IterMut<'a, duckdb::Statement<'conn>>,
+    >,
+    /// The file being read, its stream, and how many of its notes are still to come.
+    current: Option<(&'a NoteText, duckdb::ArrowStream<'a>, u64)>,
+    /// What the last stream batch had beyond the last range.
+    pending: Option<ArrayRef>,
+}
+
+impl<'a, 'conn: 'a> TextReader<'a, 'conn> {
+    fn new(texts: &'a [NoteText], statements: &'a mut [duckdb::Statement<'conn>]) -> Self {
+        TextReader {
+            files: texts.iter().zip(statements.iter_mut()),
+            current: None,
+            pending: None,
+        }
+    }
+
+    /// The next `n` notes' text, checked against their characters in the first read
+    /// (`note_batch` column 3); ranges never cross a file's end.
+    fn take(&mut self, n: usize, notes: &[RecordBatch]) -> Result<StringArray> {
+        if self.current.as_ref().is_none_or(|c| c.2 == 0) {
+            self.finish()?;
+            let (file, statement) = self.files.next().ok_or_else(|| changed(None))?;
+            let (_, data) = file.query()?;
+            let stream = statement.stream_arrow([data]).map_err(|e| file.error(&e))?;
+            self.current = Some((file, stream, file.records));
+        }
+        let (file, stream, left) = self.current.as_mut().expect("a file is being read");
+        if n as u64 > *left {
+            return Err(changed(Some(file)));
+        }
+        *left -= n as u64;
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        let mut got = 0;
+        while got < n {
+            let part = match self.pending.take() {
+                Some(part) => part,
+                None => match stream.next() {
+                    Some(batch) => batch.map_err(|e| file.error(&e))?.column(0).clone(),
+                    None => return Err(changed(Some(file))),
+                },
+            };
+            let want = n - got;
+            if part.len() > want {
+                self.pending = Some(part.slice(want, part.len() - want));
+                parts.push(part.slice(0, want));
+                got = n;
+            } else {
+                got += part.len();
+                parts.push(part);
+            }
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+        let text = arrow::compute::concat(&refs).map_err(|_| changed(Some(file)))?;
+        let text = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| changed(Some(file)))?;
+        let staged = notes
+            .iter()
+            .map(|b| b.column(3).as_any().downcast_ref::<Int64Array>())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| changed(Some(file)))?;
+        let chars = staged.iter().flat_map(|c| c.values().iter());
+        let agree = staged.iter().map(|c| c.len()).sum::<usize>() == text.len()
+            && (0..text.len())
+                .into_par_iter()
+                .map(|i| text.value(i).chars().count() as i64)
+                .collect::<Vec<_>>()
+                .iter()
+                .eq(chars);
+        if !agree {
+            return Err(changed(Some(file)));
+        }
+        Ok(text)
+    }
+
+    /// Checks that the file being read has no more notes than were staged.
+    fn finish(&mut self) -> Result<()> {
+        if let Some((file, mut stream, left)) = self.current.take() {
+            let more = self.pending.take().is_some_and(|p| !p.is_empty())
+                || stream.any(|b| b.map_or(true, |b| b.num_rows() > 0));
+            if left != 0 || more {
+                return Err(changed(Some(file)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A second read of an input that disagrees with the first.
+fn changed(file: Option<&NoteText>) -> Error {
+    Error::Invalid(match file {
+        Some(f) => format!(
+            "`{}` changed while it was being read: its notes no longer match the first read",
+            f.path().display()
+        ),
+        None => "an input file changed while it was being read".to_string(),
+    })
+}
+
+/// Adds the text of the same range, in order, as the last column of a `note_batch` result.
+fn with_text(notes: Vec<RecordBatch>, text: &StringArray) -> Result<Vec<RecordBatch>> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(notes.len());
+    for batch in notes {
+        let n = batch.num_rows();
+        let part = text.slice(at, n);
+        at += n;
+        let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            "text",
+            arrow::datatypes::DataType::Utf8,
+            false,
+        )));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(part));
+        out.push(
+            RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+                .map_err(|e| Error::Catalog {
+                    doing: "reading notes".into(),
+                    message: e.to_string(),
+                })?,
+        );
+    }
+    if at != text.len() {
+        return Err(Error::Catalog {
+            doing: "reading notes".into(),
+            message: format!("{at} staged notes for {} texts", text.len()),
+        });
+    }
+    Ok(out)
+}
+
+/// The columns of one `note_batch` result, with the text last.
 struct NoteBatch<'a> {
     ord: &'a Int64Array,
     source: &'a StringArray,
@@ -658,15 +824,15 @@ impl<'a> NoteBatch<'a> {
             ord: column(batch, 0)?,
             source: column(batch, 1)?,
             reason: column(batch, 2)?,
-            text: column(batch, 3)?,
-            chars: column(batch, 4)?,
+            chars: column(batch, 3)?,
             metadata: {
-                column::<StringArray>(batch, 5)?;
+                column::<StringArray>(batch, 4)?;
+                column::<Int64Array>(batch, 5)?;
                 column::<Int64Array>(batch, 6)?;
-                column::<Int64Array>(batch, 7)?;
-                column::<StringArray>(batch, 8)?;
-                [1, 5, 6, 7, 8].map(|i| batch.column(i))
+                column::<StringArray>(batch, 7)?;
+                [1, 4, 5, 6, 7].map(|i| batch.column(i))
             },
+            text: column(batch, 8)?,
         })
     }
 
@@ -691,7 +857,7 @@ impl<'a> NoteBatch<'a> {
 
     /// The raw text of a note no set rule dropped.
     fn text(&self, i: usize) -> Option<&str> {
-        (!self.text.is_null(i)).then(|| self.text.value(i))
+        self.reason.is_null(i).then(|| self.text.value(i))
     }
 
     /// Characters of the raw text.
@@ -703,4 +869,66 @@ impl<'a> NoteBatch<'a> {
 fn digest128(text: &str) -> u128 {
     let d = Sha256::digest(text.as_bytes());
     u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::Mimic3Files;
+    use crate::progress::Silent;
+
+    fn noteevents(texts: &[&str]) -> String {
+        let mut csv = crate::ingest::MIMIC3_COLUMNS.join(",");
+        for (i, text) in texts.iter().enumerate() {
+            csv.push_str(&format!(
+                "\n{},{},,2150-01-01,,,\"Nursing\",\"Report\",,,\"{text}\"",
+                i + 1,
+                i + 1
+            ));
+        }
+        csv + "\n"
+    }
+
+    /// Stages `texts` as a NOTEEVENTS file, rewrites the file as `then`, and normalizes.
+    fn read_twice(texts: &[&str], then: &[&str]) -> Result<Decided> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("NOTEEVENTS.csv");
+        std::fs::write(&file, noteevents(texts)).unwrap();
+        let conn = catalog::open_in_memory().unwrap();
+        conn.execute_batch(CATALOG.get("stage")).unwrap();
+        let inputs = Inputs {
+            mimic3: Some(Mimic3Files {
+                noteevents: file.clone(),
+                icustays: None,
+            }),
+            mimic4: None,
+        };
+        let scratch = dir.path().join(SCRATCH_DIR);
+        let (_, texts) = ingest::ingest(&conn, &inputs, &scratch, &Silent).unwrap();
+        select::apply_set_rules(&conn, SetRules { era_overlap: false }).unwrap();
+        std::fs::write(&file, noteevents(then)).unwrap();
+        let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
+        config.batch_notes = 2;
+        normalize_and_decide(&conn, &texts, &config, "build", &Silent)
+    }
+
+    #[test]
+    fn the_second_read_of_a_file_must_match_the_first() {
+        let notes = ["first note", "second", "third note here"];
+        let decided = read_twice(&notes, &notes).unwrap();
+        assert_eq!(decided.stats.kept(), 3);
+        for then in [
+            vec!["first note", "second, EDITED", "third note here"],
+            vec!["first note", "second"],
+            vec!["first note", "second", "third note here", "fourth"],
+        ] {
+            let err = read_twice(&notes, &then)
+                .err()
+                .expect("a changed file")
+                .to_string();
+            assert!(err.contains("NOTEEVENTS.csv"), "{err}");
+            assert!(err.contains("changed while it was being read"), "{err}");
+            assert!(!err.contains("EDITED") && !err.contains("fourth"), "{err}");
+        }
+    }
 }
