@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -162,7 +162,11 @@ impl Plain {
         if !is_gzip(path) {
             return Ok(Plain(None));
         }
-        std::fs::create_dir_all(scratch).map_err(Error::io(scratch))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(scratch)
+            .map_err(Error::io(scratch))?;
         let name = path.file_stem().unwrap_or_default();
         let copy = scratch.join(name);
         let plain = Plain(Some(copy.clone()));
