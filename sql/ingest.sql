@@ -1,8 +1,8 @@
 -- Loading MIMIC CSV files straight into stage_notes (metadata and each note's characters),
 -- in file order, so a note's rowid there is its place in the build (`ord`); the text is
--- read again when it is normalized (text_mimic3, text_mimic4). Fields are read as text and cast with TRY_CAST, so a
--- bad value is reported by record and field (validate_notes) instead of as a DuckDB cast
--- error quoting the whole record. Headers are checked in Rust before these run, and the
+-- read again when it is normalized (text_mimic3, text_mimic4). Fields are read as text and
+-- cast with TRY_CAST, so a bad value is reported by record and field (validate_notes)
+-- instead of as a DuckDB cast error quoting the whole record. Headers are checked in Rust before these run, and the
 -- `columns` lists below name the columns in the order the header was checked to have.
 -- buffer_size: DuckDB's default is 16 x max_line_size (256 MiB here), one buffer for any
 -- real file and so one parsing thread; 16 MiB buffers are parsed in parallel.
