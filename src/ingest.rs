@@ -126,10 +126,11 @@ pub fn ingest(
         for (i, &(path, kind)) in files.iter().enumerate() {
             let plain = match next.take() {
                 Some(handle) => join(handle)?,
-                None => Plain::of(path, scratch)?,
+                // The first file has nothing to overlap with: its inflating gets the bar.
+                None => Plain::of(path, scratch, Some(reporter))?,
             };
             if let Some(&(following, _)) = files.get(i + 1) {
-                next = Some(s.spawn(move || Plain::of(following, scratch)));
+                next = Some(s.spawn(move || Plain::of(following, scratch, None)));
             }
             let (file, first) = load_notes(conn, path, plain.path(path), kind, reporter)?;
             texts.push(NoteText {
@@ -158,7 +159,8 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 struct Plain(Option<PathBuf>);
 
 impl Plain {
-    fn of(path: &Path, scratch: &Path) -> Result<Plain> {
+    /// Decompresses `path` into `scratch`, showing progress on `reporter` if given.
+    fn of(path: &Path, scratch: &Path, reporter: Option<&dyn Reporter>) -> Result<Plain> {
         if !is_gzip(path) {
             return Ok(Plain(None));
         }
@@ -167,17 +169,36 @@ impl Plain {
             .mode(0o700)
             .create(scratch)
             .map_err(Error::io(scratch))?;
-        let name = path.file_stem().unwrap_or_default();
-        let copy = scratch.join(name);
-        let plain = Plain(Some(copy.clone()));
+        let copy = scratch.join(path.file_stem().unwrap_or_default());
+        let plain = Plain(Some(copy));
+        if let Some(r) = reporter {
+            let bytes = std::fs::metadata(path).map_err(Error::io(path))?.len();
+            r.start(
+                &format!("decompressing {}", display_name(path)),
+                bytes,
+                "bytes",
+            );
+        }
+        let inflated = plain.inflate(path, reporter);
+        if let Some(r) = reporter {
+            r.finish();
+        }
+        inflated.map(|()| plain)
+    }
+
+    fn inflate(&self, path: &Path, reporter: Option<&dyn Reporter>) -> Result<()> {
+        let copy = self.0.as_deref().expect("a copy to write");
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&copy)
-            .map_err(Error::io(&copy))?;
-        let source = File::open(path).map_err(Error::io(path))?;
+            .open(copy)
+            .map_err(Error::io(copy))?;
+        let source = Counted {
+            inner: File::open(path).map_err(Error::io(path))?,
+            reporter,
+        };
         let mut gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, source));
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut buf = vec![0u8; 1 << 20];
@@ -188,15 +209,30 @@ impl Plain {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(gzip_error(path, e)),
             };
-            out.write_all(&buf[..n]).map_err(Error::io(&copy))?;
+            out.write_all(&buf[..n]).map_err(Error::io(copy))?;
         }
-        out.flush().map_err(Error::io(&copy))?;
-        Ok(plain)
+        out.flush().map_err(Error::io(copy))
     }
 
     /// What DuckDB reads in place of `original`.
     fn path<'a>(&'a self, original: &'a Path) -> &'a Path {
         self.0.as_deref().unwrap_or(original)
+    }
+}
+
+/// A reader that reports the bytes read through it.
+struct Counted<'a, R> {
+    inner: R,
+    reporter: Option<&'a dyn Reporter>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(r) = self.reporter {
+            r.advance(n as u64);
+        }
+        Ok(n)
     }
 }
 
@@ -478,6 +514,87 @@ fn csv_error(path: &Path, e: &duckdb::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Records what a stage reports.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Reporter for Recorder {
+        fn start(&self, stage: &str, total: u64, unit: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("start {stage} {total} {unit}"));
+        }
+        fn advance(&self, done: u64) {
+            self.0.lock().unwrap().push(format!("advance {done}"));
+        }
+        fn finish(&self) {
+            self.0.lock().unwrap().push("finish".to_string());
+        }
+        fn note(&self, _: &str) {}
+    }
+
+    #[test]
+    fn gzip_inputs_are_inflated_to_an_owner_only_copy_with_progress() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let body = "ROW_ID,TEXT\n1,\"note\"\n".repeat(20_000);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(body.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let path = dir.path().join("NOTEEVENTS.csv.gz");
+        std::fs::write(&path, &gz).unwrap();
+        let scratch = dir.path().join("scratch");
+
+        let recorder = Recorder::default();
+        let plain = Plain::of(&path, &scratch, Some(&recorder)).unwrap();
+        let copy = scratch.join("NOTEEVENTS.csv");
+        assert_eq!(plain.path(&path), copy);
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), body);
+        assert_eq!(
+            std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&scratch).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let events = recorder.0.lock().unwrap().clone();
+        assert_eq!(
+            events.first().unwrap(),
+            &format!("start decompressing NOTEEVENTS.csv.gz {} bytes", gz.len())
+        );
+        assert_eq!(events.last().unwrap(), "finish");
+        let advanced: u64 = events
+            .iter()
+            .filter_map(|e| e.strip_prefix("advance "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(advanced, gz.len() as u64);
+        drop(plain);
+        assert!(!copy.exists(), "the copy goes with its Plain");
+
+        // Cut short: an error naming the file, the bar finished, no copy left.
+        std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
+        let recorder = Recorder::default();
+        let err = Plain::of(&path, &scratch, Some(&recorder))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("NOTEEVENTS.csv.gz") && err.contains("truncated"),
+            "{err}"
+        );
+        assert_eq!(recorder.0.lock().unwrap().last().unwrap(), "finish");
+        assert!(!copy.exists());
+
+        // A plain file is read where it is.
+        let csv = dir.path().join("radiology.csv");
+        std::fs::write(&csv, "x").unwrap();
+        assert_eq!(Plain::of(&csv, &scratch, None).unwrap().path(&csv), csv);
+    }
 
     #[test]
     fn header_checks() {
