@@ -170,7 +170,8 @@ impl Plain {
             .create(scratch)
             .map_err(Error::io(scratch))?;
         let copy = scratch.join(path.file_stem().unwrap_or_default());
-        let plain = Plain(Some(copy));
+        // Owns the copy from here on, so a failure below removes what was written.
+        let plain = Plain(Some(copy.clone()));
         if let Some(r) = reporter {
             let bytes = std::fs::metadata(path).map_err(Error::io(path))?.len();
             r.start(
@@ -179,45 +180,45 @@ impl Plain {
                 "bytes",
             );
         }
-        let inflated = plain.inflate(path, reporter);
+        let inflated = inflate(path, &copy, reporter);
         if let Some(r) = reporter {
             r.finish();
         }
         inflated.map(|()| plain)
     }
 
-    fn inflate(&self, path: &Path, reporter: Option<&dyn Reporter>) -> Result<()> {
-        let copy = self.0.as_deref().expect("a copy to write");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(copy)
-            .map_err(Error::io(copy))?;
-        let source = Counted {
-            inner: File::open(path).map_err(Error::io(path))?,
-            reporter,
-        };
-        let mut gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, source));
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match gz.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(gzip_error(path, e)),
-            };
-            out.write_all(&buf[..n]).map_err(Error::io(copy))?;
-        }
-        out.flush().map_err(Error::io(copy))
-    }
-
     /// What DuckDB reads in place of `original`.
     fn path<'a>(&'a self, original: &'a Path) -> &'a Path {
         self.0.as_deref().unwrap_or(original)
     }
+}
+
+/// Writes the decompressed `path` to `copy`, owner-only.
+fn inflate(path: &Path, copy: &Path, reporter: Option<&dyn Reporter>) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(copy)
+        .map_err(Error::io(copy))?;
+    let source = Counted {
+        inner: File::open(path).map_err(Error::io(path))?,
+        reporter,
+    };
+    let mut gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, source));
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match gz.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(gzip_error(path, e)),
+        };
+        out.write_all(&buf[..n]).map_err(Error::io(copy))?;
+    }
+    out.flush().map_err(Error::io(copy))
 }
 
 /// A reader that reports the bytes read through it.
