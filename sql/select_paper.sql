@@ -56,3 +56,9 @@ FROM stage_notes n JOIN stage_reasons r ON r.ord = n.rowid
 WHERE n.rowid >= $1 AND n.rowid < $2 AND r.ord >= $1 AND r.ord < $2
 ORDER BY n.rowid;
 
+-- name: begin_writing
+-- note_decisions and corpus are written in one transaction (see normalize_and_decide).
+BEGIN TRANSACTION;
+
+-- name: finish_writing
+COMMIT;
