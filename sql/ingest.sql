@@ -2,10 +2,33 @@
 -- in file order, so a note's rowid there is its place in the build (`ord`); the text is
 -- read again when it is normalized (text_mimic3, text_mimic4). Fields are read as text and
 -- cast with TRY_CAST, so a bad value is reported by record and field (validate_notes)
--- instead of as a DuckDB cast error quoting the whole record. Headers are checked in Rust before these run, and the
--- `columns` lists below name the columns in the order the header was checked to have.
+-- instead of as a DuckDB cast error quoting the whole record.
+
+-- name: readers
+-- How each kind of note file is read, for both reads. Temporary macros: each connection
+-- that reads notes creates them. Headers are checked in Rust before these run, and the
+-- `columns` lists name the columns in the order the header was checked to have.
 -- buffer_size: DuckDB's default is 16 x max_line_size (256 MiB here), one buffer for any
 -- real file and so one parsing thread; 16 MiB buffers are parsed in parallel.
+CREATE OR REPLACE TEMP MACRO mimic3_csv(path) AS TABLE
+SELECT * FROM read_csv(path,
+    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
+    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
+    columns = {
+        'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
+        'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
+        'CATEGORY': 'VARCHAR', 'DESCRIPTION': 'VARCHAR', 'CGID': 'VARCHAR',
+        'ISERROR': 'VARCHAR', 'TEXT': 'VARCHAR'
+    });
+CREATE OR REPLACE TEMP MACRO mimic4_csv(path) AS TABLE
+SELECT * FROM read_csv(path,
+    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
+    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
+    columns = {
+        'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
+        'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
+        'storetime': 'VARCHAR', 'text': 'VARCHAR'
+    });
 
 -- name: insert_mimic3
 -- Values that do not cast become NULL and `bad` names the record's first such field;
@@ -27,15 +50,7 @@ SELECT 'mimic-iii', CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR), TRY_CAST(ROW_ID
            WHEN ISERROR IS NOT NULL AND trim(ISERROR) NOT IN ('', '0', '1') THEN 'ISERROR'
        END,
        length(coalesce(TEXT, ''))
-FROM read_csv(?,
-    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
-    columns = {
-        'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
-        'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
-        'CATEGORY': 'VARCHAR', 'DESCRIPTION': 'VARCHAR', 'CGID': 'VARCHAR',
-        'ISERROR': 'VARCHAR', 'TEXT': 'VARCHAR'
-    });
+FROM mimic3_csv(?);
 
 -- name: insert_mimic4
 -- Parameter 1: the category, from the file (discharge or radiology), as the recipe reports it.
@@ -53,40 +68,16 @@ SELECT 'mimic-iv', trim(note_id), NULL, TRY_CAST(subject_id AS BIGINT),
            WHEN storetime IS NOT NULL AND TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN 'storetime'
        END,
        length(coalesce(text, ''))
-FROM read_csv(?,
-    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
-    columns = {
-        'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
-        'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
-        'storetime': 'VARCHAR', 'text': 'VARCHAR'
-    });
+FROM mimic4_csv(?);
 
 -- name: text_mimic3
 -- The second read of a staged file, after the set rules: its notes' text in file order,
 -- streamed to normalization. Only the staged metadata is kept in between, so the raw
 -- notes never sit in DuckDB's memory.
-SELECT coalesce(TEXT, '') AS text
-FROM read_csv(?,
-    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
-    columns = {
-        'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
-        'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
-        'CATEGORY': 'VARCHAR', 'DESCRIPTION': 'VARCHAR', 'CGID': 'VARCHAR',
-        'ISERROR': 'VARCHAR', 'TEXT': 'VARCHAR'
-    });
+SELECT coalesce(TEXT, '') AS text FROM mimic3_csv(?);
 
 -- name: text_mimic4
-SELECT coalesce(text, '') AS text
-FROM read_csv(?,
-    header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
-    all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
-    columns = {
-        'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
-        'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
-        'storetime': 'VARCHAR', 'text': 'VARCHAR'
-    });
+SELECT coalesce(text, '') AS text FROM mimic4_csv(?);
 
 -- name: staged_count
 -- Notes staged so far: a file's notes take the rowids from here on, in file order.

@@ -89,6 +89,13 @@ impl NoteText {
     }
 }
 
+/// Creates, on `conn`, the macros that read each kind of note file (`sql/ingest.sql`); both
+/// reads of a file go through them, so they parse it the same way.
+pub fn create_readers(conn: &Connection) -> Result<()> {
+    conn.execute_batch(INGEST.get("readers"))
+        .map_err(Error::catalog("preparing the CSV readers"))
+}
+
 /// Loads every note file of `inputs` into `stage_notes` (and ICUSTAYS into `stage_icustays`),
 /// in file order, so a note's rowid there is its place in the build; the text is not kept
 /// (only its characters), but read again from what [`NoteText`] names. `scratch` holds the
@@ -117,6 +124,7 @@ pub fn ingest(
     for (path, kind) in &files {
         check_header(path, kind.columns(), true)?;
     }
+    create_readers(conn)?;
     // DuckDB decompresses gzip on one thread, several times slower than flate2 (see the
     // README's measurements), so the next file is decompressed here while DuckDB parses
     // the current one.

@@ -438,6 +438,7 @@ fn normalize_and_decide(
     reader
         .execute_batch(CATALOG.get("settings"))
         .map_err(Error::catalog("reading notes"))?;
+    ingest::create_readers(&reader)?;
     let mut statements = texts
         .iter()
         .map(|t| reader.prepare(t.query()?.0).map_err(|e| t.error(&e)))
