@@ -74,13 +74,17 @@ impl NoteText {
         &self.path
     }
 
-    /// The statement that streams the file's text, and the file it reads.
-    pub fn query(&self) -> Result<(&'static str, &str)> {
-        let sql = match self.kind {
+    /// The statement that streams the file's text; its parameter is [`NoteText::data`].
+    pub fn sql(&self) -> &'static str {
+        match self.kind {
             NoteFile::Mimic3 => INGEST.get("text_mimic3"),
             NoteFile::Mimic4(_) => INGEST.get("text_mimic4"),
-        };
-        Ok((sql, path_str(self.data.path(&self.path))?))
+        }
+    }
+
+    /// The file DuckDB reads: the input, or its plain copy.
+    pub fn data(&self) -> Result<&str> {
+        path_str(self.data.path(&self.path))
     }
 
     /// Translates an error from reading the file again.

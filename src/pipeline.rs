@@ -441,7 +441,7 @@ fn normalize_and_decide(
     ingest::create_readers(&reader)?;
     let mut statements = texts
         .iter()
-        .map(|t| reader.prepare(t.query()?.0).map_err(|e| t.error(&e)))
+        .map(|t| reader.prepare(t.sql()).map_err(|e| t.error(&e)))
         .collect::<Result<Vec<_>>>()?;
     let mut text = TextReader::new(texts, &mut statements);
     let ranges: Vec<(i64, i64)> = texts
@@ -707,8 +707,9 @@ impl<'a, 'conn: 'a> TextReader<'a, 'conn> {
         if self.current.as_ref().is_none_or(|c| c.2 == 0) {
             self.finish()?;
             let (file, statement) = self.files.next().ok_or_else(|| changed(None))?;
-            let (_, data) = file.query()?;
-            let stream = statement.stream_arrow([data]).map_err(|e| file.error(&e))?;
+            let stream = statement
+                .stream_arrow([file.data()?])
+                .map_err(|e| file.error(&e))?;
             self.current = Some((file, stream, file.records));
         }
         let (file, stream, left) = self.current.as_mut().expect("a file is being read");
