@@ -62,8 +62,7 @@ CREATE TEMP TABLE stage_notes (
     storetime  TIMESTAMP,
     cgid       BIGINT,
     iserror    BOOLEAN NOT NULL,
-    bad        VARCHAR,
-    chars      BIGINT NOT NULL -- of the raw text, which is read from the file again later
+    bad        VARCHAR
 );
 CREATE TEMP TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
 CREATE TEMP TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);

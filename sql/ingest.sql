@@ -1,8 +1,8 @@
--- Loading MIMIC CSV files straight into stage_notes (metadata and each note's characters),
--- in file order, so a note's rowid there is its place in the build (`ord`); the text is
--- read again when it is normalized (text_mimic3, text_mimic4). Fields are read as text and
--- cast with TRY_CAST, so a bad value is reported by record and field (validate_notes)
--- instead of as a DuckDB cast error quoting the whole record.
+-- Loading MIMIC CSV files straight into stage_notes (metadata only), in file order, so a
+-- note's rowid there is its place in the build (`ord`); the text is read again when it is
+-- normalized (text_mimic3, text_mimic4). Fields are read as text and cast with TRY_CAST,
+-- so a bad value is reported by record and field (validate_notes) instead of as a DuckDB
+-- cast error quoting the whole record.
 
 -- name: readers
 -- How each kind of note file is read, for both reads. Temporary macros: each connection
@@ -48,8 +48,7 @@ SELECT 'mimic-iii', CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR), TRY_CAST(ROW_ID
            WHEN CATEGORY IS NULL OR trim(CATEGORY) = '' THEN 'CATEGORY'
            WHEN CGID IS NOT NULL AND TRY_CAST(CGID AS BIGINT) IS NULL THEN 'CGID'
            WHEN ISERROR IS NOT NULL AND trim(ISERROR) NOT IN ('', '0', '1') THEN 'ISERROR'
-       END,
-       length(coalesce(TEXT, ''))
+       END
 FROM mimic3_csv(?);
 
 -- name: insert_mimic4
@@ -66,18 +65,18 @@ SELECT 'mimic-iv', trim(note_id), NULL, TRY_CAST(subject_id AS BIGINT),
            WHEN note_seq IS NOT NULL AND TRY_CAST(note_seq AS BIGINT) IS NULL THEN 'note_seq'
            WHEN charttime IS NOT NULL AND TRY_CAST(charttime AS TIMESTAMP) IS NULL THEN 'charttime'
            WHEN storetime IS NOT NULL AND TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN 'storetime'
-       END,
-       length(coalesce(text, ''))
+       END
 FROM mimic4_csv(?);
 
 -- name: text_mimic3
--- The second read of a staged file, after the set rules: its notes' text in file order,
--- streamed to normalization. Only the staged metadata is kept in between, so the raw
--- notes never sit in DuckDB's memory.
-SELECT coalesce(TEXT, '') AS text FROM mimic3_csv(?);
+-- The second read of a staged file, after the set rules: its notes' ids (as staged, to check
+-- that both reads line up) and text in file order, streamed to normalization. Only the
+-- staged metadata is kept in between, so the raw notes never sit in DuckDB's memory.
+SELECT CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR) AS note_id, coalesce(TEXT, '') AS text
+FROM mimic3_csv(?);
 
 -- name: text_mimic4
-SELECT coalesce(text, '') AS text FROM mimic4_csv(?);
+SELECT trim(note_id) AS note_id, coalesce(text, '') AS text FROM mimic4_csv(?);
 
 -- name: staged_count
 -- Notes staged so far: a file's notes take the rowids from here on, in file order.

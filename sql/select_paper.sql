@@ -16,7 +16,8 @@ task_subjects AS (
     FROM stage_task_rows t JOIN stage_notes n ON n.source = 'mimic-iii' AND n.row_id = t.row_id
 ),
 first_rules AS (
-    SELECT rowid AS ord, source, subject_id, category, charttime, storetime, cgid,
+    SELECT rowid AS ord, source, note_id, subject_id, hadm_id, category, charttime, storetime,
+        cgid,
         CASE
             WHEN iserror THEN 'error_flag'
             WHEN ?::BOOLEAN AND source = 'mimic-iii'
@@ -38,7 +39,8 @@ drafts AS (
     FROM first_rules
     WHERE reason IS NULL AND source = 'mimic-iii' AND charttime IS NOT NULL AND cgid IS NOT NULL
 )
-SELECT f.ord, coalesce(f.reason, CASE WHEN d.version > 1 THEN 'draft_superseded' END) AS reason
+SELECT f.ord, f.source, coalesce(f.reason, CASE WHEN d.version > 1 THEN 'draft_superseded' END)
+       AS reason, f.note_id, f.subject_id, f.hadm_id, f.category
 FROM first_rules f LEFT JOIN drafts d USING (ord)
 ORDER BY f.ord;
 
@@ -47,14 +49,11 @@ ORDER BY f.ord;
 SELECT count(DISTINCT t.row_id) FROM stage_task_rows t
 WHERE t.row_id NOT IN (SELECT row_id FROM stage_notes WHERE source = 'mimic-iii' AND row_id IS NOT NULL);
 
--- name: note_batch
--- One batch of notes in build order, with the reason from the set rules (NULL: still in)
--- and the metadata that note_decisions and corpus repeat; the text comes from the file.
-SELECT n.rowid AS ord, n.source, r.reason, n.chars, n.note_id, n.subject_id, n.hadm_id,
-       n.category
-FROM stage_notes n JOIN stage_reasons r ON r.ord = n.rowid
-WHERE n.rowid >= $1 AND n.rowid < $2 AND r.ord >= $1 AND r.ord < $2
-ORDER BY n.rowid;
+-- name: note_rows
+-- Every note in build order (stage_reasons was written in that order and insertion order is
+-- preserved), with the reason from the set rules (NULL: still in) and the metadata that
+-- note_decisions and corpus repeat; the text comes from the file. Streamed once.
+SELECT ord, source, reason, note_id, subject_id, hadm_id, category FROM stage_reasons;
 
 -- name: begin_writing
 -- note_decisions and corpus are written in one transaction (see normalize_and_decide).

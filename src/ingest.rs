@@ -66,6 +66,25 @@ pub struct NoteText {
     /// The rowid of the file's first note in `stage_notes`.
     pub first: i64,
     pub records: u64,
+    /// The data file's size and modification time before the first read.
+    stamp: Stamp,
+}
+
+/// A file's size and modification time: a file rewritten between the two reads differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Result<Stamp> {
+        let meta = std::fs::metadata(path).map_err(Error::io(path))?;
+        Ok(Stamp {
+            len: meta.len(),
+            modified: meta.modified().map_err(Error::io(path))?,
+        })
+    }
 }
 
 impl NoteText {
@@ -87,6 +106,11 @@ impl NoteText {
         path_str(self.data.path(&self.path))
     }
 
+    /// Whether the file DuckDB reads is as it was before the first read.
+    pub fn unchanged(&self) -> Result<bool> {
+        Ok(Stamp::of(self.data.path(&self.path))? == self.stamp)
+    }
+
     /// Translates an error from reading the file again.
     pub fn error(&self, e: &duckdb::Error) -> Error {
         csv_error(&self.path, e)
@@ -101,8 +125,8 @@ pub fn create_readers(conn: &Connection) -> Result<()> {
 }
 
 /// Loads every note file of `inputs` into `stage_notes` (and ICUSTAYS into `stage_icustays`),
-/// in file order, so a note's rowid there is its place in the build; the text is not kept
-/// (only its characters), but read again from what [`NoteText`] names. `scratch` holds the
+/// in file order, so a note's rowid there is its place in the build; the text is not kept,
+/// but read again from what [`NoteText`] names. `scratch` holds the
 /// decompressed copy of a `.csv.gz` note file until then.
 pub fn ingest(
     conn: &Connection,
@@ -144,6 +168,7 @@ pub fn ingest(
             if let Some(&(following, _)) = files.get(i + 1) {
                 next = Some(s.spawn(move || Plain::of(following, scratch, None)));
             }
+            let stamp = Stamp::of(plain.path(path))?;
             let (file, first) = load_notes(conn, path, plain.path(path), kind, reporter)?;
             texts.push(NoteText {
                 path: path.to_path_buf(),
@@ -151,6 +176,7 @@ pub fn ingest(
                 kind,
                 first,
                 records: file.records,
+                stamp,
             });
             stats.push(file);
         }

@@ -411,10 +411,10 @@ struct Decided {
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
-/// decides each note's reason. A batch's metadata and reasons come from the staging tables
-/// and its text from a second, streamed read of the file (`texts`), so the raw notes are
-/// never held in DuckDB; its rows of `note_decisions` and `corpus` are appended as Arrow
-/// batches straight away: the text is copied into the catalog once.
+/// decides each note's reason. The notes' metadata and reasons stream once from the staging
+/// tables and their text from a second, streamed read of each file (`texts`), so the raw
+/// notes are never held in DuckDB; each range's rows of `note_decisions` and `corpus` are
+/// appended as Arrow batches straight away: the text is copied into the catalog once.
 fn normalize_and_decide(
     conn: &Connection,
     texts: &[NoteText],
@@ -429,21 +429,32 @@ fn normalize_and_decide(
     let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let batch = config.batch_notes.max(1) as i64;
-    let mut stmt = conn
-        .prepare(SELECT_PAPER.get("note_batch"))
-        .map_err(Error::catalog("reading notes"))?;
-    // The text streams from a second read of each file, on a second connection (a
-    // connection runs one query at a time), in ranges of at most `batch` notes per file.
-    let reader = conn.try_clone().map_err(Error::catalog("reading notes"))?;
-    reader
-        .execute_batch(CATALOG.get("settings"))
-        .map_err(Error::catalog("reading notes"))?;
+    // Three connections, as a connection runs one query at a time: this one streams the
+    // staged metadata (temporary tables are its own), `reader` reads the files again and
+    // `writer` appends the results.
+    let second = || -> Result<Connection> {
+        let c = conn.try_clone().map_err(Error::catalog("reading notes"))?;
+        c.execute_batch(CATALOG.get("settings"))
+            .map_err(Error::catalog("reading notes"))?;
+        Ok(c)
+    };
+    let (reader, writer) = (second()?, second()?);
     ingest::create_readers(&reader)?;
     let mut statements = texts
         .iter()
         .map(|t| reader.prepare(t.sql()).map_err(|e| t.error(&e)))
         .collect::<Result<Vec<_>>>()?;
     let mut text = TextReader::new(texts, &mut statements);
+    let mut rows_stmt = conn
+        .prepare(SELECT_PAPER.get("note_rows"))
+        .map_err(Error::catalog("reading notes"))?;
+    let mut rows = Runs::new(Box::new(
+        rows_stmt
+            .stream_arrow([])
+            .map_err(Error::catalog("reading notes"))?
+            .map(|b| b.map_err(Error::catalog("reading notes"))),
+    ));
+    // Ranges of at most `batch` notes that never cross the end of a file.
     let ranges: Vec<(i64, i64)> = texts
         .iter()
         .flat_map(|t| {
@@ -456,12 +467,13 @@ fn normalize_and_decide(
     // One transaction for the decisions and the corpus: the appenders flush every
     // FLUSH_RANGES ranges into it (bounding what they buffer) and DuckDB writes the full row
     // groups straight to the file; nothing is committed until every note is decided.
-    conn.execute_batch(SELECT_PAPER.get("begin_writing"))
+    writer
+        .execute_batch(SELECT_PAPER.get("begin_writing"))
         .map_err(Error::catalog("writing decisions"))?;
-    let mut decisions = conn
+    let mut decisions = writer
         .appender("note_decisions")
         .map_err(Error::catalog("writing decisions"))?;
-    let mut kept = conn
+    let mut kept = writer
         .appender("corpus")
         .map_err(Error::catalog("writing the corpus"))?;
     // A pipeline of two: while a thread normalizes and decides one range of notes (in
@@ -476,10 +488,18 @@ fn normalize_and_decide(
         seq: 0,
     };
     let mut read = |(lo, hi): (i64, i64)| -> Result<Vec<RecordBatch>> {
-        let notes: Vec<RecordBatch> = stmt
-            .query_arrow([lo, hi])
-            .map_err(Error::catalog("reading notes"))?
-            .collect();
+        let notes = rows.take((hi - lo) as usize)?;
+        let mut expected = lo..;
+        let in_order = notes.iter().all(|b| {
+            let ords = b.column(0).as_any().downcast_ref::<Int64Array>();
+            ords.is_some_and(|o| o.values().iter().all(|&v| Some(v) == expected.next()))
+        });
+        if !in_order || expected.next() != Some(hi) {
+            return Err(Error::Catalog {
+                doing: "reading notes".into(),
+                message: format!("staged notes {lo}..{hi} did not come back in build order"),
+            });
+        }
         let text = text.take((hi - lo) as usize, &notes)?;
         with_text(notes, &text)
     };
@@ -533,6 +553,12 @@ fn normalize_and_decide(
         current = next.transpose()?.unwrap_or_default();
     }
     text.finish()?;
+    if !rows.take(1)?.is_empty() {
+        return Err(Error::Catalog {
+            doing: "reading notes".into(),
+            message: "more staged notes than the files hold".into(),
+        });
+    }
     for d in &previous {
         d.append(&mut decisions, &mut kept)?;
         reporter.advance(d.note_count);
@@ -553,7 +579,8 @@ fn normalize_and_decide(
     });
     flushed?;
     drop((decisions, kept));
-    conn.execute_batch(SELECT_PAPER.get("finish_writing"))
+    writer
+        .execute_batch(SELECT_PAPER.get("finish_writing"))
         .map_err(Error::catalog("writing decisions"))?;
     reporter.finish();
     Ok(Decided {
@@ -600,23 +627,27 @@ impl DecideState<'_> {
     fn decide(&mut self, notes: &RecordBatch) -> Result<Decisions> {
         let config = self.config;
         let notes = NoteBatch::new(notes)?;
-        let normalized: Vec<Option<Normalized>> = (0..notes.len())
+        // Each note's raw characters (for the statistics), and its normalized form if no
+        // set rule dropped it.
+        let normalized: Vec<(u64, Option<Normalized>)> = (0..notes.len())
             .into_par_iter()
             .map(|i| {
-                notes.text(i).map(|raw| {
+                let raw = notes.text(i);
+                let norm = notes.still_in(i).then(|| {
                     let text = normalize(raw, notes.source(i), config.deid);
                     Normalized {
                         digest: digest128(&text),
                         chars: text.chars().count() as u64,
                         text,
                     }
-                })
+                });
+                (raw.chars().count() as u64, norm)
             })
             .collect();
 
         let mut reasons = Vec::with_capacity(notes.len());
         let (mut kept_seq, mut kept_rows, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, norm) in normalized.into_iter().enumerate() {
+        for (i, (raw_chars, norm)) in normalized.into_iter().enumerate() {
             let reason = match (notes.reason(i), &norm) {
                 (Some(r), _) => r,
                 (None, Some(n)) if n.text.is_empty() => Reason::Empty,
@@ -624,7 +655,7 @@ impl DecideState<'_> {
                 (None, Some(_)) => Reason::Kept,
                 (None, None) => Reason::Empty,
             };
-            self.stats.chars_in += notes.chars(i);
+            self.stats.chars_in += raw_chars;
             match norm {
                 Some(n) if reason == Reason::Kept => {
                     self.stats.add(reason, n.chars);
@@ -636,7 +667,7 @@ impl DecideState<'_> {
                     kept_text.push(n.text);
                     self.seq += 1;
                 }
-                _ => self.stats.add(reason, notes.chars(i)),
+                _ => self.stats.add(reason, raw_chars),
             }
             reasons.push(reason.as_str());
         }
@@ -680,6 +711,47 @@ impl DecideState<'_> {
     }
 }
 
+/// Regroups a stream of record batches into runs of a given number of rows, without copying.
+struct Runs<'a> {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + 'a>,
+    /// What the last batch had beyond the last run.
+    pending: Option<RecordBatch>,
+}
+
+impl<'a> Runs<'a> {
+    fn new(batches: Box<dyn Iterator<Item = Result<RecordBatch>> + 'a>) -> Self {
+        Runs {
+            batches,
+            pending: None,
+        }
+    }
+
+    /// The next `n` rows, as slices of the stream's batches; fewer only where it ends.
+    fn take(&mut self, n: usize) -> Result<Vec<RecordBatch>> {
+        let mut run = Vec::new();
+        let mut got = 0;
+        while got < n {
+            let batch = match self.pending.take() {
+                Some(batch) => batch,
+                None => match self.batches.next() {
+                    Some(batch) => batch?,
+                    None => break,
+                },
+            };
+            let want = n - got;
+            if batch.num_rows() > want {
+                self.pending = Some(batch.slice(want, batch.num_rows() - want));
+                run.push(batch.slice(0, want));
+                got = n;
+            } else if batch.num_rows() > 0 {
+                got += batch.num_rows();
+                run.push(batch);
+            }
+        }
+        Ok(run)
+    }
+}
+
 /// Streams the text of the staged files, in order, from their second read.
 struct TextReader<'a, 'conn> {
     files: std::iter::Zip<
@@ -687,9 +759,7 @@ struct TextReader<'a, 'conn> {
         std::slice::IterMut<'a, duckdb::Statement<'conn>>,
     >,
     /// The file being read, its stream, and how many of its notes are still to come.
-    current: Option<(&'a NoteText, duckdb::ArrowStream<'a>, u64)>,
-    /// What the last stream batch had beyond the last range.
-    pending: Option<ArrayRef>,
+    current: Option<(&'a NoteText, Runs<'a>, u64)>,
 }
 
 impl<'a, 'conn: 'a> TextReader<'a, 'conn> {
@@ -697,80 +767,58 @@ impl<'a, 'conn: 'a> TextReader<'a, 'conn> {
         TextReader {
             files: texts.iter().zip(statements.iter_mut()),
             current: None,
-            pending: None,
         }
     }
 
-    /// The next `n` notes' text, checked against their characters in the first read
-    /// (`note_batch` column 3); ranges never cross a file's end.
+    /// The next `n` notes' text, checked to be the same notes as the staged rows `notes`
+    /// (the same note ids, in the same order); ranges never cross a file's end.
     fn take(&mut self, n: usize, notes: &[RecordBatch]) -> Result<StringArray> {
         if self.current.as_ref().is_none_or(|c| c.2 == 0) {
             self.finish()?;
             let (file, statement) = self.files.next().ok_or_else(|| changed(None))?;
             let stream = statement
                 .stream_arrow([file.data()?])
-                .map_err(|e| file.error(&e))?;
-            self.current = Some((file, stream, file.records));
+                .map_err(|e| file.error(&e))?
+                .map(move |b| b.map_err(|e| file.error(&e)));
+            self.current = Some((file, Runs::new(Box::new(stream)), file.records));
         }
-        let (file, stream, left) = self.current.as_mut().expect("a file is being read");
+        let (file, runs, left) = self.current.as_mut().expect("a file is being read");
         if n as u64 > *left {
             return Err(changed(Some(file)));
         }
         *left -= n as u64;
-        let mut parts: Vec<ArrayRef> = Vec::new();
-        let mut got = 0;
-        while got < n {
-            let part = match self.pending.take() {
-                Some(part) => part,
-                None => match stream.next() {
-                    Some(batch) => batch.map_err(|e| file.error(&e))?.column(0).clone(),
-                    None => return Err(changed(Some(file))),
-                },
-            };
-            let want = n - got;
-            if part.len() > want {
-                self.pending = Some(part.slice(want, part.len() - want));
-                parts.push(part.slice(0, want));
-                got = n;
-            } else {
-                got += part.len();
-                parts.push(part);
-            }
-        }
-        let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
-        let text = arrow::compute::concat(&refs).map_err(|_| changed(Some(file)))?;
-        let text = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .cloned()
-            .ok_or_else(|| changed(Some(file)))?;
+        let run = runs.take(n)?;
+        let column = |i: usize| -> Result<ArrayRef> {
+            let parts: Vec<&dyn Array> = run.iter().map(|b| b.column(i).as_ref()).collect();
+            arrow::compute::concat(&parts).map_err(|_| changed(Some(file)))
+        };
+        let strings = |a: &ArrayRef| a.as_any().downcast_ref::<StringArray>().cloned();
+        let (ids, text) = (column(0)?, column(1)?);
+        let (Some(ids), Some(text)) = (strings(&ids), strings(&text)) else {
+            return Err(changed(Some(file)));
+        };
+        // note_rows column 3 is the staged note id.
         let staged = notes
             .iter()
-            .map(|b| b.column(3).as_any().downcast_ref::<Int64Array>())
+            .map(|b| b.column(3).as_any().downcast_ref::<StringArray>())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| changed(Some(file)))?;
-        let chars = staged.iter().flat_map(|c| c.values().iter());
-        let agree = staged.iter().map(|c| c.len()).sum::<usize>() == text.len()
-            && (0..text.len())
-                .into_par_iter()
-                .map(|i| text.value(i).chars().count() as i64)
-                .collect::<Vec<_>>()
-                .iter()
-                .eq(chars);
+        let agree = text.len() == n
+            && ids.iter().eq(staged.iter().flat_map(|c| c.iter()))
+            && staged.iter().map(|c| c.len()).sum::<usize>() == n;
         if !agree {
             return Err(changed(Some(file)));
         }
         Ok(text)
     }
 
-    /// Checks that the file being read has no more notes than were staged.
+    /// Checks that the file being read has no more notes than were staged, and that it
+    /// was not rewritten since the first read began (same size and modification time).
     fn finish(&mut self) -> Result<()> {
-        if let Some((file, mut stream, left)) = self.current.take() {
-            let more = self.pending.take().is_some_and(|p| !p.is_empty())
-                || stream.any(|b| b.map_or(true, |b| b.num_rows() > 0));
-            if left != 0 || more {
-                return Err(changed(Some(file)));
-            }
+        if let Some((file, mut runs, left)) = self.current.take()
+            && (left != 0 || !runs.take(1)?.is_empty() || !file.unchanged()?)
+        {
+            return Err(changed(Some(file)));
         }
         Ok(())
     }
@@ -787,7 +835,7 @@ fn changed(file: Option<&NoteText>) -> Error {
     })
 }
 
-/// Adds the text of the same range, in order, as the last column of a `note_batch` result.
+/// Adds the text of the same range, in order, as the last column of `note_rows` batches.
 fn with_text(notes: Vec<RecordBatch>, text: &StringArray) -> Result<Vec<RecordBatch>> {
     let staged: usize = notes.iter().map(RecordBatch::num_rows).sum();
     if staged != text.len() {
@@ -821,13 +869,11 @@ fn with_text(notes: Vec<RecordBatch>, text: &StringArray) -> Result<Vec<RecordBa
     Ok(out)
 }
 
-/// The columns of one `note_batch` result, with the text last.
+/// The columns of `note_rows` batches, with the text last.
 struct NoteBatch<'a> {
-    ord: &'a Int64Array,
     source: &'a StringArray,
     reason: &'a StringArray,
     text: &'a StringArray,
-    chars: &'a Int64Array,
     /// source, note_id, subject_id, hadm_id, category: repeated in the catalog's tables.
     metadata: [&'a ArrayRef; 5],
 }
@@ -848,23 +894,21 @@ impl<'a> NoteBatch<'a> {
                 })
         }
         Ok(NoteBatch {
-            ord: column(batch, 0)?,
             source: column(batch, 1)?,
             reason: column(batch, 2)?,
-            chars: column(batch, 3)?,
             metadata: {
-                column::<StringArray>(batch, 4)?;
+                column::<StringArray>(batch, 3)?;
+                column::<Int64Array>(batch, 4)?;
                 column::<Int64Array>(batch, 5)?;
-                column::<Int64Array>(batch, 6)?;
-                column::<StringArray>(batch, 7)?;
-                [1, 4, 5, 6, 7].map(|i| batch.column(i))
+                column::<StringArray>(batch, 6)?;
+                [1, 3, 4, 5, 6].map(|i| batch.column(i))
             },
-            text: column(batch, 8)?,
+            text: column(batch, 7)?,
         })
     }
 
     fn len(&self) -> usize {
-        self.ord.len()
+        self.text.len()
     }
 
     fn metadata(&self) -> [&'a ArrayRef; 5] {
@@ -882,14 +926,14 @@ impl<'a> NoteBatch<'a> {
             .flatten()
     }
 
-    /// The raw text of a note no set rule dropped.
-    fn text(&self, i: usize) -> Option<&str> {
-        self.reason.is_null(i).then(|| self.text.value(i))
+    /// Whether no set rule dropped the note.
+    fn still_in(&self, i: usize) -> bool {
+        self.reason.is_null(i)
     }
 
-    /// Characters of the raw text.
-    fn chars(&self, i: usize) -> u64 {
-        self.chars.value(i) as u64
+    /// The raw text of a note.
+    fn text(&self, i: usize) -> &str {
+        self.text.value(i)
     }
 }
 
@@ -904,23 +948,42 @@ mod tests {
     use crate::discover::Mimic3Files;
     use crate::progress::Silent;
 
-    fn noteevents(texts: &[&str]) -> String {
+    /// A NOTEEVENTS file of (ROW_ID, TEXT) records.
+    fn noteevents(notes: &[(u32, &str)]) -> String {
         let mut csv = crate::ingest::MIMIC3_COLUMNS.join(",");
-        for (i, text) in texts.iter().enumerate() {
+        for (id, text) in notes {
             csv.push_str(&format!(
-                "\n{},{},,2150-01-01,,,\"Nursing\",\"Report\",,,\"{text}\"",
-                i + 1,
-                i + 1
+                "\n{id},{id},,2150-01-01,,,\"Nursing\",\"Report\",,,\"{text}\""
             ));
         }
         csv + "\n"
     }
 
-    /// Stages `texts` as a NOTEEVENTS file, rewrites the file as `then`, and normalizes.
-    fn read_twice(texts: &[&str], then: &[&str]) -> Result<Decided> {
+    /// How the file is rewritten between the two reads.
+    enum Rewrite {
+        /// Not at all.
+        No,
+        /// Written again, as an editor would.
+        Edit,
+        /// Written again with its old modification time, as `cp -p` would.
+        KeepTime,
+    }
+
+    /// Stages `notes` as a NOTEEVENTS file (written an hour ago), rewrites it as `then`, and
+    /// normalizes.
+    fn read_twice(
+        notes: &[(u32, &str)],
+        then: &[(u32, &str)],
+        rewrite: Rewrite,
+    ) -> Result<Decided> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("NOTEEVENTS.csv");
-        std::fs::write(&file, noteevents(texts)).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let write = |notes: &[(u32, &str)]| {
+            std::fs::write(&file, noteevents(notes)).unwrap();
+            std::fs::File::options().write(true).open(&file).unwrap()
+        };
+        write(notes).set_modified(hour_ago).unwrap();
         let conn = catalog::open_in_memory().unwrap();
         conn.execute_batch(CATALOG.get("stage")).unwrap();
         let inputs = Inputs {
@@ -933,7 +996,11 @@ mod tests {
         let scratch = dir.path().join(SCRATCH_DIR);
         let (_, texts) = ingest::ingest(&conn, &inputs, &scratch, &Silent).unwrap();
         select::apply_set_rules(&conn, SetRules { era_overlap: false }).unwrap();
-        std::fs::write(&file, noteevents(then)).unwrap();
+        match rewrite {
+            Rewrite::No => {}
+            Rewrite::Edit => drop(write(then)),
+            Rewrite::KeepTime => write(then).set_modified(hour_ago).unwrap(),
+        }
         let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
         config.batch_notes = 2;
         normalize_and_decide(&conn, &texts, &config, "build", &Silent)
@@ -941,17 +1008,38 @@ mod tests {
 
     #[test]
     fn the_second_read_of_a_file_must_match_the_first() {
-        // Characters, not bytes: DuckDB's length() and Rust's chars() must agree, combining
-        // marks included.
-        let notes = ["first note", "second", "third: naïve, 98.6°F, e\u{301}"];
-        let decided = read_twice(&notes, &notes).unwrap();
+        let third = "third: naïve, 98.6°F, e\u{301}";
+        let notes = [(1, "first note"), (2, "second"), (3, third)];
+        let decided = read_twice(&notes, &notes, Rewrite::No).unwrap();
         assert_eq!(decided.stats.kept(), 3);
-        for then in [
-            vec!["first note", "second, EDITED", notes[2]],
-            vec!["first note", "second"],
-            vec!["first note", "second", notes[2], "fourth"],
-        ] {
-            let err = read_twice(&notes, &then)
+        // Characters, not bytes, combining marks included.
+        let chars: u64 = notes.iter().map(|n| n.1.chars().count() as u64).sum();
+        assert_eq!(decided.stats.chars_in, chars);
+        let cases = [
+            (
+                Rewrite::Edit,
+                vec![(1, "first note"), (2, "second, EDITED"), (3, third)],
+            ),
+            // The same size: the modification time tells.
+            (
+                Rewrite::Edit,
+                vec![(1, "first note"), (2, "SECOND"), (3, third)],
+            ),
+            (Rewrite::Edit, notes.to_vec()),
+            // With the old time kept, the notes themselves tell: another note id in the
+            // second place, a record fewer, a record more.
+            (
+                Rewrite::KeepTime,
+                vec![(1, "first note"), (5, "second"), (3, third)],
+            ),
+            (Rewrite::KeepTime, vec![(1, "first note"), (2, "second")]),
+            (
+                Rewrite::KeepTime,
+                vec![(1, "first note"), (2, "second"), (3, third), (4, "fourth")],
+            ),
+        ];
+        for (rewrite, then) in cases {
+            let err = read_twice(&notes, &then, rewrite)
                 .err()
                 .expect("a changed file")
                 .to_string();

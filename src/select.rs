@@ -65,7 +65,7 @@ pub struct SetRules {
     pub era_overlap: bool,
 }
 
-/// Computes `stage_reasons(ord, reason)` for every staged note.
+/// Computes `stage_reasons` (each staged note's reason and metadata, in build order).
 pub fn apply_set_rules(conn: &Connection, rules: SetRules) -> Result<()> {
     conn.execute(SELECT_PAPER.get("reasons"), [rules.era_overlap])
         .map_err(Error::catalog("applying the corpus recipe"))?;
