@@ -44,6 +44,10 @@ SELECT f.ord, f.source, coalesce(f.reason, CASE WHEN d.version > 1 THEN 'draft_s
 FROM first_rules f LEFT JOIN drafts d USING (ord)
 ORDER BY f.ord;
 
+-- name: drop_notes
+-- stage_reasons holds all that later steps need of stage_notes: its memory goes back.
+DROP TABLE stage_notes;
+
 -- name: task_rows_unmatched
 -- Task ROW_IDs that are not in NOTEEVENTS: their patients cannot be removed.
 SELECT count(DISTINCT t.row_id) FROM stage_task_rows t

@@ -27,6 +27,7 @@ pub mod experiment;
 pub mod finetune;
 pub mod fsutil;
 pub mod ingest;
+pub mod memory;
 pub mod metrics;
 pub mod normalize;
 pub mod objective;

@@ -197,10 +197,12 @@ fn build_into(
     };
     let scratch = config.out.join(SCRATCH_DIR);
     let (files, texts) = ingest::ingest(&conn, inputs, &scratch, reporter)?;
+    crate::memory::release_free();
     stage_done("ingest");
     let mut warnings = Vec::new();
     let rules = set_rules(config, &conn, inputs, &mut warnings)?;
     select::apply_set_rules(&conn, rules)?;
+    crate::memory::release_free();
     stage_done("select");
 
     let Decided {

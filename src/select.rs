@@ -69,7 +69,8 @@ pub struct SetRules {
 pub fn apply_set_rules(conn: &Connection, rules: SetRules) -> Result<()> {
     conn.execute(SELECT_PAPER.get("reasons"), [rules.era_overlap])
         .map_err(Error::catalog("applying the corpus recipe"))?;
-    Ok(())
+    conn.execute_batch(SELECT_PAPER.get("drop_notes"))
+        .map_err(Error::catalog("applying the corpus recipe"))
 }
 
 /// Task ROW_IDs that match no NOTEEVENTS row.
