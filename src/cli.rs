@@ -383,7 +383,6 @@ struct SqlArgs {
 
 /// Parses arguments, runs the command, prints any error, and returns the exit code.
 pub fn main() -> ExitCode {
-    crate::memory::limit_arenas(2);
     install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {

@@ -117,6 +117,7 @@ impl BuildSummary {
 /// Runs a whole corpus build into `config.out`.
 pub fn run_build(config: &BuildConfig, reporter: &dyn Reporter) -> Result<BuildSummary> {
     let started = Instant::now();
+    crate::memory::arena_per_core();
     if config.recipe == Recipe::Strict && !config.near_duplicates {
         return Err(Error::Invalid(
             "--recipe strict drops near duplicates, so it cannot run with --no-near-duplicates"
@@ -1006,6 +1007,35 @@ mod tests {
         let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
         config.batch_notes = 2;
         normalize_and_decide(&conn, &texts, &config, "build", &Silent)
+    }
+
+    #[test]
+    fn runs_regroup_a_stream_into_runs_of_the_asked_size() {
+        let mut next = 0i64;
+        let batches: Vec<Result<RecordBatch>> = [3, 0, 5, 2]
+            .into_iter()
+            .map(|n| {
+                let values: Vec<i64> = (next..next + n).collect();
+                next += n;
+                let column = Arc::new(Int64Array::from(values)) as ArrayRef;
+                Ok(RecordBatch::try_from_iter([("v", column)]).unwrap())
+            })
+            .collect();
+        let mut runs = Runs::new(Box::new(batches.into_iter()));
+        let values = |run: Vec<RecordBatch>| -> Vec<i64> {
+            run.iter()
+                .flat_map(|b| {
+                    let c = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    c.values().to_vec()
+                })
+                .collect()
+        };
+        assert_eq!(values(runs.take(4).unwrap()), [0, 1, 2, 3]);
+        assert_eq!(values(runs.take(4).unwrap()), [4, 5, 6, 7]);
+        assert_eq!(values(runs.take(4).unwrap()), [8, 9]);
+        assert!(runs.take(1).unwrap().is_empty());
+        let failing: Vec<Result<RecordBatch>> = vec![Err(Error::Invalid("broken".into()))];
+        assert!(Runs::new(Box::new(failing.into_iter())).take(1).is_err());
     }
 
     #[test]
