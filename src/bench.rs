@@ -48,7 +48,7 @@ pub fn pack(catalog: &Path, tokenizer: &Path, scratch: &Path) -> Result<PackBenc
     let encode_s = start.elapsed().as_secs_f64();
 
     let tok = crate::tokenizer::load(tokenizer)?;
-    std::fs::create_dir_all(scratch).map_err(Error::io(scratch))?;
+    crate::fsutil::create_private_dir(scratch)?;
     let start = Instant::now();
     let mut packer = Packer::new(
         scratch,

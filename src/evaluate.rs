@@ -104,7 +104,7 @@ pub fn run(
         .parent()
         .unwrap_or(&checkpoint)
         .join(format!("evaluate-{name}"));
-    std::fs::create_dir_all(&work).map_err(Error::io(&work))?;
+    crate::fsutil::create_private_dir(&work)?;
     crate::catalog::restrict_to_owner(&work)?;
     let (encoded, truncated) = encode(&tok, &examples, config.task.max_input_tokens())?;
     write_jsonl(&work.join(format!("{name}.jsonl")), &encoded)?;

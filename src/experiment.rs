@@ -148,7 +148,7 @@ pub fn run(
     cancel: &AtomicBool,
     reporter: &dyn Reporter,
 ) -> Result<StageLog> {
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    crate::fsutil::create_private_dir(out)?;
     crate::catalog::restrict_to_owner(out)?;
     let mut log = Vec::new();
     let mut note = |stage: &str, what: String| {

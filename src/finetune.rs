@@ -391,7 +391,7 @@ pub fn run(
             }
             let name = format!("{}-{fraction}-s{seed}", config.task.as_str());
             let dir = out_root.join(&name);
-            std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+            crate::fsutil::create_private_dir(&dir)?;
             crate::catalog::restrict_to_owner(&dir)?;
             let train_examples = crate::task_data::sample(&splits.train, fraction, seed);
             let (train, truncated) = encode(&tok, &train_examples, config.task.max_input_tokens())?;

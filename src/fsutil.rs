@@ -62,6 +62,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     commit(&tmp, path)
 }
 
+/// Creates `path` and any missing parents owner-only (0700); folders that exist are left
+/// as they are.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(Error::io(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +90,17 @@ mod tests {
         );
         assert!(!partial_path(&p).exists());
         assert_eq!(partial_path(&p).file_name().unwrap(), "a.json.partial");
+    }
+
+    #[test]
+    fn private_folders_are_owner_only_down_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b");
+        create_private_dir(&deep).unwrap();
+        create_private_dir(&deep).unwrap();
+        for p in [dir.path().join("a"), deep] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
     }
 }

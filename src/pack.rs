@@ -182,7 +182,7 @@ pub fn run(
     let sc = SpanCorruption::default();
     let (raw_length, targets_length) = sc.raw_length_for(settings.inputs_length);
     let shard_dir = out.join("shards");
-    std::fs::create_dir_all(&shard_dir).map_err(Error::io(&shard_dir))?;
+    crate::fsutil::create_private_dir(&shard_dir)?;
     let pack_config = PackConfig {
         raw_length,
         rows_per_shard: settings.rows_per_shard,

@@ -435,13 +435,13 @@ fn normalize_and_decide(
     // Three connections, as a connection runs one query at a time: this one streams the
     // staged metadata (temporary tables are its own), `reader` reads the files again and
     // `writer` appends the results.
-    let second = || -> Result<Connection> {
+    let another = || -> Result<Connection> {
         let c = conn.try_clone().map_err(Error::catalog("reading notes"))?;
         c.execute_batch(CATALOG.get("settings"))
             .map_err(Error::catalog("reading notes"))?;
         Ok(c)
     };
-    let (reader, writer) = (second()?, second()?);
+    let (reader, writer) = (another()?, another()?);
     ingest::create_readers(&reader)?;
     let mut statements = texts
         .iter()

@@ -41,7 +41,7 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
     }
     conn.execute_batch(EVAL.get("paper_results"))
         .map_err(Error::catalog("loading the paper's results"))?;
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    crate::fsutil::create_private_dir(out)?;
     crate::catalog::restrict_to_owner(out)?;
     let mut md = String::from("# ehrprep report\n\n");
     let _ = writeln!(md, "Catalog: `{}`\n", db.display());

@@ -1249,7 +1249,7 @@ impl Out {
         };
         let path = self.root.join(&rel);
         let dir = path.parent().expect("relative paths have a parent");
-        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        crate::fsutil::create_private_dir(dir)?;
         let (tmp, file) = crate::fsutil::create_partial(&path)?;
         let result = if compressible && self.gzip {
             let mut enc = flate2::GzBuilder::new().write(
@@ -1270,7 +1270,7 @@ impl Out {
 
 impl Generator<'_> {
     fn write_files(&mut self, root: &Path) -> Result<Vec<(PathBuf, u64)>> {
-        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        crate::fsutil::create_private_dir(root)?;
         crate::catalog::restrict_to_owner(root)?;
         let mut out = Out {
             root: root.to_path_buf(),

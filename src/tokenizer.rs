@@ -363,7 +363,7 @@ pub fn load(path: &Path) -> Result<Tokenizer> {
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` into
 /// `dir`; returns the sha256 of `tokenizer.json`.
 pub fn save(tok: &Tokenizer, dir: &Path, model_max_length: usize) -> Result<String> {
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    crate::fsutil::create_private_dir(dir)?;
     let json = tok.to_string(true).map_err(tk_error("serializing"))?;
     let extra: Vec<String> = (0..SENTINELS).map(|i| format!("<extra_id_{i}>")).collect();
     let special = json!({

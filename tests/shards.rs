@@ -75,6 +75,19 @@ fn shards_match_manifest_and_catalog() {
     for f in ["tokenizer_config.json", "special_tokens_map.json"] {
         assert!(d.join(&format!("out/tokenizer/{f}")).exists(), "{f}");
     }
+    // Everything the build wrote, folders included, is the owner's only.
+    let mut folders = vec![d.join("out")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path.clone());
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+        }
+    }
 }
 
 fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
