@@ -289,13 +289,18 @@ fn remove_outputs(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes a DuckDB file and its write-ahead log.
+/// Removes a DuckDB file, its write-ahead log and its spill folder (DuckDB's default
+/// `temp_directory`, which a killed build leaves behind).
 fn remove_db(path: &Path) -> Result<()> {
     let wal = PathBuf::from(format!("{}.wal", path.display()));
     for p in [path, wal.as_path()] {
         if p.exists() {
             std::fs::remove_file(p).map_err(Error::io(p))?;
         }
+    }
+    let spill = PathBuf::from(format!("{}.tmp", path.display()));
+    if spill.is_dir() {
+        std::fs::remove_dir_all(&spill).map_err(Error::io(&spill))?;
     }
     Ok(())
 }

@@ -480,10 +480,14 @@ fn outputs_are_owner_only_and_reruns_refuse_without_force() {
 fn a_killed_build_leaves_no_catalog_and_the_next_run_starts_over() {
     let d = Dir::new();
     recipe_inputs(&d);
-    // What a build killed mid-way leaves: the temporary catalog, and perhaps the
-    // decompressed copy of an input being read.
+    // What a build killed mid-way leaves: the temporary catalog, perhaps the
+    // decompressed copy of an input being read and what DuckDB spilled to disk.
     d.write("out/catalog.duckdb.partial", b"not a finished database");
     d.write("out/ingest.partial/NOTEEVENTS.csv", b"decompressed notes");
+    d.write(
+        "out/catalog.duckdb.partial.tmp/duckdb_temp_storage_S32K-0.tmp",
+        b"spilled rows",
+    );
     assert!(!d.join("out/catalog.duckdb").exists());
     let run = d.build_corpus(&[]);
     run.ok();
@@ -495,6 +499,7 @@ fn a_killed_build_leaves_no_catalog_and_the_next_run_starts_over() {
     assert!(d.join("out/catalog.duckdb").exists());
     assert!(!d.join("out/catalog.duckdb.partial").exists());
     assert!(!d.join("out/ingest.partial").exists());
+    assert!(!d.join("out/catalog.duckdb.partial.tmp").exists());
 }
 
 #[test]
