@@ -4,7 +4,8 @@
 //! per-thread arenas, so a build's resident memory would be its largest step's plus all the
 //! garbage before it: at 1,000,000 synthetic notes, 330 MB stayed resident after the set
 //! rules' query alone, and one arena per core instead of glibc's eight (two instead of 16
-//! here) took the build's peak from about 580 to 475 MB at no measurable cost in time.
+//! here) took the build's peak from about 580 to 475 MB, in time within this machine's
+//! run-to-run noise.
 
 /// Returns the allocator's free pages to the system (glibc's `malloc_trim`); does nothing
 /// on other C libraries.
