@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -161,7 +161,7 @@ pub fn ingest(
         let mut next = None;
         for (i, &(path, kind)) in files.iter().enumerate() {
             let plain = match next.take() {
-                Some(handle) => join(handle)?,
+                Some(handle) => crate::join(handle)?,
                 // The first file has nothing to overlap with: its inflating gets the bar.
                 None => Plain::of(path, scratch, Some(reporter))?,
             };
@@ -181,16 +181,10 @@ pub fn ingest(
             stats.push(file);
         }
         if let Some(handle) = next {
-            join(handle)?;
+            crate::join(handle)?;
         }
         Ok((stats, texts))
     })
-}
-
-fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    handle
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// The plain-text copy of a `.csv.gz` file (none for a plain `.csv`), removed when dropped.
@@ -202,11 +196,7 @@ impl Plain {
         if !is_gzip(path) {
             return Ok(Plain(None));
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(scratch)
-            .map_err(Error::io(scratch))?;
+        crate::fsutil::create_private_dir(scratch)?;
         let copy = scratch.join(path.file_stem().unwrap_or_default());
         // Owns the copy from here on, so a failure below removes what was written.
         let plain = Plain(Some(copy.clone()));

@@ -78,3 +78,10 @@ impl Source {
         }
     }
 }
+
+/// Joins a scoped thread, passing a panic in it on to the caller.
+pub(crate) fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

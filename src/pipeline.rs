@@ -546,9 +546,7 @@ fn normalize_and_decide(
                 (Ok(()), Some(range)) => Some(read(range)),
                 _ => None,
             };
-            let decided = worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let decided = crate::join(worker);
             (appended, decided, next)
         });
         // Errors in the sequential order: append the previous range, decide this one,
@@ -580,9 +578,7 @@ fn normalize_and_decide(
             .flush()
             .map_err(Error::catalog("writing decisions"))
             .and_then(|()| kept.flush().map_err(Error::catalog("writing the corpus")));
-        let roots = roots
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let roots = crate::join(roots);
         (flushed, roots)
     });
     flushed?;
