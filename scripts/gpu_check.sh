@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Everything in ehrprep that touches a GPU, in one pass, for a CUDA host that has PyTorch 2.11
+# and transformers but no Rust toolchain. The binaries are built on a development machine,
+# stripped and gzipped into one folder:
+#
+#   cargo build --workspace && mkdir -p gpu && for f in ehrprep libehrprep_t5.so t5-bench; do
+#       strip -o gpu/$f "$CARGO_TARGET_DIR/debug/$f" && gzip -f gpu/$f; done
+#   (on the GPU host, from the repository root) scripts/gpu_check.sh gpu/ LOGDIR
+#
+# 1. the plugin loads and sees the device (`ehrprep plugins list`);
+# 2. training step throughput, T5-base, batch 64 x 512 / 114, bf16, against transformers
+#    (scripts/bench_train.py);
+# 3. batched greedy and beam search against transformers `generate`, same checkpoint, outputs
+#    compared (scripts/bench_generate.py);
+# 4. the whole protocol in miniature on the device: fixtures/experiments/smoke.toml with every
+#    stage on DEVICE (synth, build, pretrain, finetune on three tasks, evaluation, report);
+# 5. pretraining through ehrprep's own data path (shards, span corruption at load time) on
+#    that build, beside the bare step at the same shape, to see whether loading keeps up.
+#
+# DEVICE (default cuda) and SMALL=1 (tiny shapes) exist to try the script on a CPU first.
+set -uo pipefail
+bins=$(realpath "$1")
+logs=$(realpath "${2:-gpu-logs}")
+device=${DEVICE:-cuda}
+mkdir -p "$logs"
+work=$(mktemp -d)
+for f in ehrprep libehrprep_t5.so t5-bench; do
+    gunzip -c "$bins/$f.gz" >"$work/$f" && chmod +x "$work/$f"
+done
+torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export EHRPREP_PLUGIN_PATH="$work/libehrprep_t5.so" PYTHONUNBUFFERED=1
+ehrprep=$work/ehrprep
+
+if [ "${SMALL:-0}" = 1 ]; then
+    train=(--model t5-small --batch 2 --inputs 32 --targets 8 --steps 1 --warmup 1)
+    generate=(--examples 8 --batch 4 --max-new 4 --beams 1,3)
+    pretrain=(--model tiny --batch-size 4 --steps 3)
+    notes=2000 steps=5 epochs=1
+else
+    train=(--model t5-base --batch 64 --inputs 512 --targets 114 --steps 10 --warmup 3)
+    generate=(--examples 256 --batch 32 --max-new 32 --beams 1,3,5)
+    pretrain=(--model t5-small --batch-size 64 --steps 60)
+    notes=20000 steps=300 epochs=
+fi
+
+section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+section "1. plugin"
+"$ehrprep" plugins list
+
+section "2. training step, ${train[*]}"
+timeout 120 python3 scripts/bench_train.py --driver "$work/t5-bench" "${train[@]}" --device "$device" ||
+    echo "section 2 failed: $?"
+
+section "3. generation, ${generate[*]}"
+timeout 90 python3 scripts/bench_generate.py --driver "$work/t5-bench" "${generate[@]}" \
+    --device "$device" || echo "section 3 failed: $?"
+
+section "4. smoke experiment on $device"
+sed -e "s/device = \"cpu\"/device = \"$device\"/" -e "s/^notes = .*/notes = $notes/" \
+    -e "s/^steps = .*/steps = $steps/" fixtures/experiments/smoke.toml >"$work/smoke.toml"
+[ -n "$epochs" ] && sed -i "s/^epochs = .*/epochs = $epochs/" "$work/smoke.toml"
+time timeout 180 "$ehrprep" experiment run "$work/smoke.toml" --out "$work/smoke" --quiet ||
+    echo "section 4 failed: $?"
+db=$work/smoke/build/catalog.duckdb
+sql() { "$ehrprep" sql --format csv --db "$db" "$1" || echo "query failed: $?"; }
+sql "SELECT run_id, device, status, steps_done FROM train_runs"
+sql "SELECT min(step), max(step), round(avg(tokens_per_s)) AS tokens_per_s,
+            arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss FROM train_steps"
+sql "SELECT task, fraction, metric, round(mean, 4) AS mean, round(majority, 4) AS majority
+     FROM eval_summary ORDER BY ALL"
+
+section "5. pretraining through the data path, ${pretrain[*]}"
+time timeout 75 "$ehrprep" pretrain --build "$work/smoke/build" "${pretrain[@]}" --device "$device" \
+    --eval-every 1000 --save-every 1000 --seed 5 --out "$work/pretrain-data" --quiet ||
+    echo "section 5 failed: $?"
+sql "SELECT count(*) AS steps, round(median(tokens_per_s)) AS median_tokens_per_s
+     FROM train_steps JOIN train_runs USING (run_id) WHERE out LIKE '%pretrain-data%' AND step > 5"
+input_length=$(sed -n 's/^input_length = //p' "$work/smoke.toml")
+bare=("${pretrain[@]}")
+bare=(--model "${bare[1]}" --batch "${bare[3]}" --inputs "$input_length" --targets 32 --steps 20 --warmup 3)
+echo "bare step at the same shape: ${bare[*]}"
+timeout 40 "$work/t5-bench" "${bare[@]}" --device "$device" || echo "bare step failed: $?"
+
+cp "$db" "$logs/smoke-catalog.duckdb" 2>/dev/null || true
+echo "done $(date +%T)"
