@@ -5,6 +5,8 @@
 //! Pure and deterministic: the same texts and settings give the same clusters, whatever the
 //! thread count.
 
+use std::path::{Path, PathBuf};
+
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 
@@ -242,46 +244,273 @@ impl Sketches {
     /// Estimated Jaccard similarity of notes `a` and `b`: the fraction of equal bytes,
     /// corrected for bytes that agree by chance (1 in 256).
     pub fn similarity(&self, a: usize, b: usize) -> f64 {
-        let (x, y) = (
+        byte_similarity(
             &self.bits[a * self.hashes..(a + 1) * self.hashes],
             &self.bits[b * self.hashes..(b + 1) * self.hashes],
-        );
-        let same = x.iter().zip(y).filter(|(p, q)| p == q).count() as f64;
-        let chance = 1.0 / 256.0;
-        ((same / self.hashes.max(1) as f64 - chance) / (1.0 - chance)).max(0.0)
+        )
     }
 
     /// Clusters the notes: a pair sharing a band key is joined when its estimated
     /// similarity reaches `threshold` (the LSH candidates, checked). Returns each note's
     /// cluster root, the index of its cluster's first note.
     pub fn clusters(&self, threshold: f64) -> Vec<usize> {
-        let n = self.len();
-        let mut uf = UnionFind::new(n);
-        // Representatives inline (no allocation per key); one map reused across bands.
-        let mut seen: HashMap<u64, Reps> = HashMap::with_capacity(n);
-        for band in 0..self.bands {
-            seen.clear();
-            for i in 0..n {
-                let reps = seen.entry(self.keys[i * self.bands + band]).or_default();
-                // Every representative is checked: `i` may bridge two of them.
-                let mut joined = false;
-                // Stays `find(i)`: only `union` changes which set `i` is in.
-                let mut root = uf.find(i);
-                for &j in reps.as_slice() {
-                    let j = j as usize;
-                    if uf.find(j) == root {
-                        joined = true;
-                    } else if self.similarity(j, i) >= threshold {
-                        root = uf.union(j, i);
-                        joined = true;
-                    }
-                }
-                if !joined {
-                    reps.push(i);
+        let band_keys = |band: usize| -> crate::Result<Vec<u64>> {
+            Ok(self
+                .keys
+                .iter()
+                .skip(band)
+                .step_by(self.bands)
+                .copied()
+                .collect())
+        };
+        let shared = shared_keys(self.len(), self.bands, band_keys).expect("keys in memory");
+        cluster(self.len(), threshold, &shared, band_keys, |a, b| {
+            self.similarity(a, b)
+        })
+        .expect("keys in memory")
+    }
+}
+
+/// Estimated Jaccard similarity from two notes' minimum-hash bytes: the fraction of equal
+/// bytes, corrected for bytes that agree by chance (1 in 256).
+fn byte_similarity(x: &[u8], y: &[u8]) -> f64 {
+    let same = x.iter().zip(y).filter(|(p, q)| p == q).count() as f64;
+    let chance = 1.0 / 256.0;
+    ((same / x.len().max(1) as f64 - chance) / (1.0 - chance)).max(0.0)
+}
+
+/// Per band, which notes have a key that another note has too: one bit per note. Only those
+/// notes can ever be compared, so a note that shares no key needs no bytes in memory.
+fn shared_keys(
+    n: usize,
+    bands: usize,
+    band_keys: impl Fn(usize) -> crate::Result<Vec<u64>> + Sync,
+) -> crate::Result<Vec<Vec<u64>>> {
+    (0..bands)
+        .into_par_iter()
+        .map(|band| {
+            let keys = band_keys(band)?;
+            let mut shared = vec![0u64; n.div_ceil(64)];
+            let mut first: HashMap<u64, u32> = HashMap::with_capacity(n);
+            for (i, &key) in keys.iter().enumerate() {
+                let j = *first.entry(key).or_insert(i as u32) as usize;
+                if j != i {
+                    shared[j / 64] |= 1 << (j % 64);
+                    shared[i / 64] |= 1 << (i % 64);
                 }
             }
+            Ok(shared)
+        })
+        .collect()
+}
+
+fn bit(set: &[u64], i: usize) -> bool {
+    set[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// The clustering rule, over any store of sketches: band by band, each key's first few
+/// notes that joined nothing are its representatives, and every newcomer with that key is
+/// compared with all of them. Notes whose key no other note has are skipped: they would
+/// only become a representative nobody meets.
+fn cluster(
+    n: usize,
+    threshold: f64,
+    shared: &[Vec<u64>],
+    band_keys: impl Fn(usize) -> crate::Result<Vec<u64>>,
+    similarity: impl Fn(usize, usize) -> f64,
+) -> crate::Result<Vec<usize>> {
+    let mut uf = UnionFind::new(n);
+    // Representatives inline (no allocation per key); one map reused across bands.
+    let mut seen: HashMap<u64, Reps> = HashMap::new();
+    for (band, shared) in shared.iter().enumerate() {
+        let keys = band_keys(band)?;
+        seen.clear();
+        for (i, &key) in keys.iter().enumerate() {
+            if !bit(shared, i) {
+                continue;
+            }
+            let reps = seen.entry(key).or_default();
+            // Every representative is checked: `i` may bridge two of them.
+            let mut joined = false;
+            // Stays `find(i)`: only `union` changes which set `i` is in.
+            let mut root = uf.find(i);
+            for &j in reps.as_slice() {
+                let j = j as usize;
+                if uf.find(j) == root {
+                    joined = true;
+                } else if similarity(j, i) >= threshold {
+                    root = uf.union(j, i);
+                    joined = true;
+                }
+            }
+            if !joined {
+                reps.push(i);
+            }
         }
-        (0..n).map(|i| uf.find(i)).collect()
+    }
+    Ok((0..n).map(|i| uf.find(i)).collect())
+}
+
+/// The build's sketches, written to a scratch file as they come instead of held in memory
+/// (224 bytes a kept note would be most of a large build's memory). The file is a run of
+/// chunks of `chunk` notes (the last may be shorter), each laid out band by band (every
+/// note's key for band 0, then band 1, ...) and then the notes' bytes, so clustering reads
+/// one band's keys at a time and only the bytes of notes that share a key.
+pub struct SketchSpill {
+    path: PathBuf,
+    file: std::fs::File,
+    bands: usize,
+    hashes: usize,
+    chunk: usize,
+    /// The chunk being filled, note by note.
+    keys: Vec<u64>,
+    bits: Vec<u8>,
+    /// Notes pushed, written or not.
+    len: usize,
+}
+
+/// Notes a chunk holds: 3.7 MB of sketches with the default settings.
+const SPILL_CHUNK: usize = 16_384;
+
+impl SketchSpill {
+    /// Creates the scratch file at `path` (owner-only; replaced if it exists).
+    pub fn create(config: &MinHashConfig, path: &Path) -> crate::Result<SketchSpill> {
+        SketchSpill::with_chunk(config, path, SPILL_CHUNK)
+    }
+
+    fn with_chunk(config: &MinHashConfig, path: &Path, chunk: usize) -> crate::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(crate::Error::io(path))?;
+        Ok(SketchSpill {
+            path: path.to_path_buf(),
+            file,
+            bands: config.bands,
+            hashes: config.bands * config.rows,
+            chunk: chunk.max(1),
+            keys: Vec::new(),
+            bits: Vec::new(),
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, sketch: &Sketch) -> crate::Result<()> {
+        assert_eq!(sketch.keys.len(), self.bands, "sketch of other settings");
+        assert_eq!(sketch.bits.len(), self.hashes, "sketch of other settings");
+        self.keys.extend_from_slice(&sketch.keys);
+        self.bits.extend_from_slice(&sketch.bits);
+        self.len += 1;
+        if self.len.is_multiple_of(self.chunk) {
+            self.write_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the buffered notes as one chunk, keys band by band.
+    fn write_chunk(&mut self) -> crate::Result<()> {
+        use std::io::Write;
+        let m = self.keys.len() / self.bands.max(1);
+        let mut out = Vec::with_capacity(m * (self.bands * 8 + self.hashes));
+        for band in 0..self.bands {
+            for note in 0..m {
+                out.extend_from_slice(&self.keys[note * self.bands + band].to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&self.bits);
+        self.file
+            .write_all(&out)
+            .map_err(crate::Error::io(&self.path))?;
+        self.keys.clear();
+        self.bits.clear();
+        Ok(())
+    }
+
+    /// Chunk `c`'s notes and where it starts in the file.
+    fn chunk_at(&self, c: usize) -> (usize, u64) {
+        let m = self.chunk.min(self.len - c * self.chunk);
+        let record = (self.bands * 8 + self.hashes) as u64;
+        (m, (c * self.chunk) as u64 * record)
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> crate::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(crate::Error::io(&self.path))?;
+        Ok(buf)
+    }
+
+    /// Every note's key for `band`, in push order.
+    fn band_keys(&self, band: usize) -> crate::Result<Vec<u64>> {
+        let mut keys = Vec::with_capacity(self.len);
+        for c in 0..self.len.div_ceil(self.chunk) {
+            let (m, at) = self.chunk_at(c);
+            let bytes = self.read_at(at + (band * m * 8) as u64, m * 8)?;
+            keys.extend(
+                bytes
+                    .chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Clusters the notes as [`Sketches::clusters`] does, holding in memory the bytes of
+    /// the notes that share some band key only; removes the file.
+    pub fn clusters(mut self, threshold: f64) -> crate::Result<Vec<usize>> {
+        if !self.keys.is_empty() {
+            self.write_chunk()?;
+        }
+        let n = self.len;
+        let shared = shared_keys(n, self.bands, |band| self.band_keys(band))?;
+        let mut slot = vec![u32::MAX; n];
+        let mut bits = Vec::new();
+        for c in 0..n.div_ceil(self.chunk) {
+            let (m, at) = self.chunk_at(c);
+            let first = c * self.chunk;
+            let wanted = |i: usize| shared.iter().any(|s| bit(s, first + i));
+            if !(0..m).any(wanted) {
+                continue;
+            }
+            let chunk = self.read_at(at + (self.bands * m * 8) as u64, m * self.hashes)?;
+            for i in (0..m).filter(|&i| wanted(i)) {
+                slot[first + i] = (bits.len() / self.hashes.max(1)) as u32;
+                bits.extend_from_slice(&chunk[i * self.hashes..(i + 1) * self.hashes]);
+            }
+        }
+        let h = self.hashes;
+        let bytes = |i: usize| {
+            let s = slot[i] as usize;
+            &bits[s * h..(s + 1) * h]
+        };
+        cluster(
+            n,
+            threshold,
+            &shared,
+            |band| self.band_keys(band),
+            |a, b| byte_similarity(bytes(a), bytes(b)),
+        )
+    }
+}
+
+impl Drop for SketchSpill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -550,6 +779,81 @@ mod tests {
                 .count();
             assert!(joined > 0 && joined < 400, "round {round}: {joined} joined");
         }
+    }
+
+    #[test]
+    fn spilled_sketches_cluster_as_sketches_in_memory() {
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = MinHashConfig {
+            shingle_words: 1,
+            bands: 3,
+            rows: 4,
+            threshold: 0.5,
+            seed: 1,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sketches");
+        let mut rng = Rng::new(13);
+        for (round, chunk) in [1, 7, 64, 333, 1000].into_iter().enumerate() {
+            let (mut memory, mut spill) = (
+                Sketches::new(&cfg),
+                SketchSpill::with_chunk(&cfg, &path, chunk).unwrap(),
+            );
+            // Each band key either one of a few crowded ones or the note's own (most notes
+            // of a real corpus share no key), so some notes meet others in one band only;
+            // bytes from a few templates with noise.
+            for i in 0..400u64 {
+                let keys = (0..cfg.bands as u64)
+                    .map(|b| {
+                        if rng.chance(0.4) {
+                            rng.below(4)
+                        } else {
+                            1000 + i * 8 + b
+                        }
+                    })
+                    .collect();
+                let template = rng.below(5) as u8;
+                let bits = (0..cfg.bands * cfg.rows)
+                    .map(|k| {
+                        if rng.chance(0.3) {
+                            rng.below(256) as u8
+                        } else {
+                            template * 16 + k as u8
+                        }
+                    })
+                    .collect();
+                let sketch = Sketch { keys, bits };
+                memory.push(&sketch);
+                spill.push(&sketch).unwrap();
+            }
+            assert_eq!(spill.len(), 400);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "round {round}");
+            let want = clusters_plainly(&memory, 0.5);
+            let joined = want.iter().enumerate().filter(|(i, r)| i != *r).count();
+            assert!(joined > 20, "round {round}: {joined} joined");
+            assert_eq!(memory.clusters(0.5), want, "round {round}");
+            assert_eq!(spill.clusters(0.5).unwrap(), want, "chunks of {chunk}");
+            assert!(!path.exists(), "the scratch file goes with the clustering");
+        }
+        // Nothing pushed: nothing to cluster.
+        let spill = SketchSpill::create(&cfg, &path).unwrap();
+        assert!(spill.is_empty());
+        assert_eq!(spill.clusters(0.5).unwrap(), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn shared_keys_mark_the_notes_that_meet_another() {
+        // Band 0: notes 0 and 2 share key 5; band 1: every key is its own.
+        let keys = [[5u64, 1], [6, 2], [5, 3], [7, 4]];
+        let shared = shared_keys(4, 2, |band| Ok(keys.iter().map(|k| k[band]).collect())).unwrap();
+        let marked = |band: usize| {
+            (0..4)
+                .filter(|&i| bit(&shared[band], i))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marked(0), [0, 2]);
+        assert_eq!(marked(1), Vec::<usize>::new());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, CATALOG_FILE};
-use crate::dedup::{Sketch, Sketches};
+use crate::dedup::{Sketch, SketchSpill};
 use crate::discover::{self, Inputs};
 use crate::ingest::{self, FileStats, NoteText};
 use crate::normalize::{Deid, normalize};
@@ -210,7 +210,7 @@ fn build_into(
         mut stats,
         roots,
         kept_chars,
-    } = normalize_and_decide(&conn, &texts, config, &build_id, reporter)?;
+    } = normalize_and_decide(&conn, &texts, config, &build_id, &scratch, reporter)?;
     drop(texts);
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(Error::io(&scratch))?;
@@ -428,12 +428,22 @@ fn normalize_and_decide(
     texts: &[NoteText],
     config: &BuildConfig,
     build_id: &str,
+    scratch: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Decided> {
     let total: u64 = texts.iter().map(|t| t.records).sum();
     reporter.start("normalizing", total, "notes");
     let mut stats = BuildStats::default();
-    let mut sketches = Sketches::new(&config.minhash);
+    // Near-duplicate detection writes the kept notes' sketches to the scratch folder.
+    let mut sketches = if config.near_duplicates {
+        crate::fsutil::create_private_dir(scratch)?;
+        Some(SketchSpill::create(
+            &config.minhash,
+            &scratch.join("sketches"),
+        )?)
+    } else {
+        None
+    };
     let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let batch = config.batch_notes.max(1) as i64;
@@ -573,7 +583,7 @@ fn normalize_and_decide(
     // the sketches, so they are found meanwhile.
     let threshold = config.minhash.threshold;
     let (flushed, roots) = std::thread::scope(|s| {
-        let roots = s.spawn(|| sketches.clusters(threshold));
+        let roots = s.spawn(|| sketches.map(|s| s.clusters(threshold)).transpose());
         let flushed = decisions
             .flush()
             .map_err(Error::catalog("writing decisions"))
@@ -582,6 +592,7 @@ fn normalize_and_decide(
         (flushed, roots)
     });
     flushed?;
+    let roots = roots?.unwrap_or_default();
     drop((decisions, kept));
     writer
         .execute_batch(SELECT_PAPER.get("finish_writing"))
@@ -599,7 +610,8 @@ struct DecideState<'a> {
     config: &'a BuildConfig,
     build_id: &'a str,
     stats: &'a mut BuildStats,
-    sketches: &'a mut Sketches,
+    /// The kept notes' MinHash sketches, with near-duplicate detection.
+    sketches: &'a mut Option<SketchSpill>,
     /// Characters of each sketched note, for the near duplicates' count.
     kept_chars: &'a mut Vec<u64>,
     seen: &'a mut HashSet<u128>,
@@ -677,12 +689,12 @@ impl DecideState<'_> {
         }
         // MinHash sketches of the kept notes, in parallel while their text is in memory,
         // so de-duplication never reads the corpus back.
-        if config.near_duplicates {
+        if let Some(spill) = self.sketches.as_mut() {
             let kept_sketches: Vec<Sketch> = kept_text
                 .par_iter()
                 .map(|text| config.minhash.sketch(text))
                 .collect();
-            kept_sketches.iter().for_each(|s| self.sketches.push(s));
+            kept_sketches.iter().try_for_each(|s| spill.push(s))?;
         }
         let build_id: ArrayRef = Arc::new(StringArray::from(vec![self.build_id; notes.len()]));
         let [source, note_id, subject_id, hadm_id, category] = notes.metadata();
@@ -1007,7 +1019,7 @@ mod tests {
         }
         let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
         config.batch_notes = 2;
-        normalize_and_decide(&conn, &texts, &config, "build", &Silent)
+        normalize_and_decide(&conn, &texts, &config, "build", &scratch, &Silent)
     }
 
     #[test]
