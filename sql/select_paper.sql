@@ -3,46 +3,58 @@
 -- dropped note gets exactly one reason: a note dropped by an earlier rule does not take part
 -- in later ones (an ISERROR row never supersedes a draft).
 
+-- name: metadata
+-- Every staged note in build order with the metadata that note_decisions and corpus repeat;
+-- `reasons` fills in the set rules' reasons. A plain scan keeps insertion order, so no
+-- sort is needed (a join would not keep it: the reasons are applied by UPDATE, in place).
+CREATE OR REPLACE TEMP TABLE stage_reasons AS
+SELECT rowid AS ord, source, CAST(NULL AS VARCHAR) AS reason, note_id, subject_id, hadm_id,
+       category
+FROM stage_notes;
+
 -- name: reasons
 -- Parameter 1: apply the era rule (MIMIC-IV-Note is also being built and ICUSTAYS is known).
-CREATE OR REPLACE TEMP TABLE stage_reasons AS
-WITH carevue_only AS (
-    -- Patients whose every ICU stay was charted in CareVue; everyone else overlaps MIMIC-IV.
-    SELECT subject_id FROM stage_icustays
-    GROUP BY subject_id HAVING bool_and(dbsource = 'carevue')
-),
-task_subjects AS (
-    SELECT DISTINCT n.subject_id
-    FROM stage_task_rows t JOIN stage_notes n ON n.source = 'mimic-iii' AND n.row_id = t.row_id
-),
-first_rules AS (
-    SELECT rowid AS ord, source, note_id, subject_id, hadm_id, category, charttime, storetime,
-        cgid,
-        CASE
-            WHEN iserror THEN 'error_flag'
-            WHEN ?::BOOLEAN AND source = 'mimic-iii'
-                 AND category IN ('Radiology', 'Discharge summary')
-                 AND subject_id NOT IN (SELECT subject_id FROM carevue_only) THEN 'era_overlap'
-            WHEN subject_id IN (SELECT subject_id FROM task_subjects) THEN 'task_patient'
-            WHEN subject_id IN (SELECT subject_id FROM stage_excluded) THEN 'excluded_subject'
-        END AS reason
-    FROM stage_notes
-),
-drafts AS (
-    -- Re-saved MIMIC-III notes: within one (CHARTTIME, SUBJECT_ID, CATEGORY, CGID) keep the
-    -- latest STORETIME (ties: the later row). A NULL CGID never matches: system notes such
-    -- as radiology reports share CHARTTIME without being drafts of each other.
-    SELECT ord, row_number() OVER (
-        PARTITION BY charttime, subject_id, category, cgid
-        ORDER BY storetime DESC NULLS LAST, ord DESC
-    ) AS version
-    FROM first_rules
-    WHERE reason IS NULL AND source = 'mimic-iii' AND charttime IS NOT NULL AND cgid IS NOT NULL
-)
-SELECT f.ord, f.source, coalesce(f.reason, CASE WHEN d.version > 1 THEN 'draft_superseded' END)
-       AS reason, f.note_id, f.subject_id, f.hadm_id, f.category
-FROM first_rules f LEFT JOIN drafts d USING (ord)
-ORDER BY f.ord;
+UPDATE stage_reasons SET reason = r.reason
+FROM (
+    WITH carevue_only AS (
+        -- Patients whose every ICU stay was charted in CareVue; everyone else overlaps
+        -- MIMIC-IV.
+        SELECT subject_id FROM stage_icustays
+        GROUP BY subject_id HAVING bool_and(dbsource = 'carevue')
+    ),
+    task_subjects AS (
+        SELECT DISTINCT n.subject_id
+        FROM stage_task_rows t JOIN stage_notes n ON n.source = 'mimic-iii' AND n.row_id = t.row_id
+    ),
+    first_rules AS (
+        SELECT rowid AS ord, source, subject_id, category, charttime, storetime, cgid,
+            CASE
+                WHEN iserror THEN 'error_flag'
+                WHEN ?::BOOLEAN AND source = 'mimic-iii'
+                     AND category IN ('Radiology', 'Discharge summary')
+                     AND subject_id NOT IN (SELECT subject_id FROM carevue_only) THEN 'era_overlap'
+                WHEN subject_id IN (SELECT subject_id FROM task_subjects) THEN 'task_patient'
+                WHEN subject_id IN (SELECT subject_id FROM stage_excluded) THEN 'excluded_subject'
+            END AS reason
+        FROM stage_notes
+    ),
+    drafts AS (
+        -- Re-saved MIMIC-III notes: within one (CHARTTIME, SUBJECT_ID, CATEGORY, CGID) keep
+        -- the latest STORETIME (ties: the later row). A NULL CGID never matches: system
+        -- notes such as radiology reports share CHARTTIME without being drafts of each other.
+        SELECT ord, row_number() OVER (
+            PARTITION BY charttime, subject_id, category, cgid
+            ORDER BY storetime DESC NULLS LAST, ord DESC
+        ) AS version
+        FROM first_rules
+        WHERE reason IS NULL AND source = 'mimic-iii' AND charttime IS NOT NULL
+              AND cgid IS NOT NULL
+    )
+    SELECT f.ord, coalesce(f.reason, 'draft_superseded') AS reason
+    FROM first_rules f LEFT JOIN drafts d USING (ord)
+    WHERE f.reason IS NOT NULL OR d.version > 1
+) r
+WHERE stage_reasons.ord = r.ord;
 
 -- name: drop_notes
 -- stage_reasons holds all that later steps need of stage_notes: its memory goes back.

@@ -67,6 +67,8 @@ pub struct SetRules {
 
 /// Computes `stage_reasons` (each staged note's reason and metadata, in build order).
 pub fn apply_set_rules(conn: &Connection, rules: SetRules) -> Result<()> {
+    conn.execute_batch(SELECT_PAPER.get("metadata"))
+        .map_err(Error::catalog("applying the corpus recipe"))?;
     conn.execute(SELECT_PAPER.get("reasons"), [rules.era_overlap])
         .map_err(Error::catalog("applying the corpus recipe"))?;
     conn.execute_batch(SELECT_PAPER.get("drop_notes"))
