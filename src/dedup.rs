@@ -2,8 +2,8 @@
 //! minimum hashes per note, candidate pairs from identical bands, pairs kept when their
 //! estimated Jaccard similarity reaches the threshold, clusters by union-find.
 //!
-//! Pure and deterministic: the same texts and settings give the same clusters, whatever the
-//! thread count.
+//! Deterministic: the same texts and settings give the same clusters, whatever the thread
+//! count. The build's sketches wait in a scratch file ([`SketchSpill`]), not in memory.
 
 use std::path::{Path, PathBuf};
 
@@ -169,6 +169,7 @@ impl MinHashConfig {
 
     /// Clusters near-duplicate texts. Returns, per text, the index of its cluster's first
     /// member (itself when it has no near duplicate earlier in the list).
+    #[cfg(test)]
     pub fn clusters(&self, texts: &[&str]) -> Vec<usize> {
         let mut sketches = Sketches::new(self);
         for sketch in texts.par_iter().map(|t| self.sketch(t)).collect::<Vec<_>>() {
@@ -202,8 +203,10 @@ pub struct Sketch {
     pub bits: Vec<u8>,
 }
 
-/// The sketches of many notes, stored flat: `bands` keys and `bands * rows` bytes a note
-/// (224 bytes with the default settings).
+/// The sketches of many notes in memory, stored flat: `bands` keys and `bands * rows` bytes
+/// a note (224 bytes with the default settings). The build uses [`SketchSpill`]; this is
+/// the plain store the tests check it against.
+#[cfg(test)]
 #[derive(Debug, Clone)]
 pub struct Sketches {
     bands: usize,
@@ -216,6 +219,7 @@ pub struct Sketches {
 /// many templated notes share.
 const REPRESENTATIVES: usize = 4;
 
+#[cfg(test)]
 impl Sketches {
     pub fn new(config: &MinHashConfig) -> Sketches {
         Sketches {
