@@ -474,8 +474,8 @@ impl SketchSpill {
         Ok(keys)
     }
 
-    /// Clusters the notes as [`Sketches::clusters`] does, holding in memory the bytes of
-    /// the notes that share some band key only; removes the file.
+    /// Clusters the notes by the rule of [`cluster`], holding in memory only the bytes of
+    /// the notes that share some band key; removes the file.
     pub fn clusters(mut self, threshold: f64) -> crate::Result<Vec<usize>> {
         if !self.keys.is_empty() {
             self.write_chunk()?;
