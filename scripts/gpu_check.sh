@@ -17,7 +17,11 @@
 # 5. pretraining through ehrprep's own data path (shards, span corruption at load time) on
 #    that build, beside the bare step at the same shape, to see whether loading keeps up.
 #
-# DEVICE (default cuda) and SMALL=1 (tiny shapes) exist to try the script on a CPU first.
+# 6. a run stopped and resumed on the device against one run straight through (same losses
+#    and weights?), and its checkpoint finetuned on the CPU.
+#
+# DEVICE (default cuda) and SMALL=1 (tiny shapes) exist to try the script on a CPU first;
+# ONLY="1 6" runs only those sections (section 6 makes a small build when 4 did not run).
 set -uo pipefail
 bins=$(realpath "$1")
 logs=$(realpath "${2:-gpu-logs}")
@@ -45,34 +49,45 @@ else
 fi
 
 section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
+if want 1; then
 section "1. plugin"
 "$ehrprep" plugins list
+fi
 
+if want 2; then
 section "2. training step, ${train[*]}"
 timeout 120 python3 scripts/bench_train.py --driver "$work/t5-bench" "${train[@]}" --device "$device" ||
     echo "section 2 failed: $?"
+fi
 
+if want 3; then
 section "3. generation, ${generate[*]}"
 timeout 90 python3 scripts/bench_generate.py --driver "$work/t5-bench" "${generate[@]}" \
     --device "$device" || echo "section 3 failed: $?"
+fi
 
+db=$work/smoke/build/catalog.duckdb
+sql() { "$ehrprep" sql --format csv --db "$db" "$1" || echo "query failed: $?"; }
+if want 4; then
 section "4. smoke experiment on $device"
 sed -e "s/device = \"cpu\"/device = \"$device\"/" -e "s/^notes = .*/notes = $notes/" \
     -e "s/^steps = .*/steps = $steps/" fixtures/experiments/smoke.toml >"$work/smoke.toml"
 [ -n "$epochs" ] && sed -i "s/^epochs = .*/epochs = $epochs/" "$work/smoke.toml"
 time timeout 180 "$ehrprep" experiment run "$work/smoke.toml" --out "$work/smoke" --quiet ||
     echo "section 4 failed: $?"
-db=$work/smoke/build/catalog.duckdb
-sql() { "$ehrprep" sql --format csv --db "$db" "$1" || echo "query failed: $?"; }
 sql "SELECT run_id, device, status, steps_done FROM train_runs"
 sql "SELECT min(step), max(step), round(avg(tokens_per_s)) AS tokens_per_s,
             arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss FROM train_steps"
 sql "SELECT task, fraction, metric, round(mean, 4) AS mean, round(majority, 4) AS majority
      FROM eval_summary ORDER BY ALL"
 
+fi
+
+if want 5; then
 section "5. pretraining through the data path, ${pretrain[*]}"
 time timeout 75 "$ehrprep" pretrain --build "$work/smoke/build" "${pretrain[@]}" --device "$device" \
     --eval-every 1000 --save-every 1000 --seed 5 --out "$work/pretrain-data" --quiet ||
@@ -84,6 +99,50 @@ bare=("${pretrain[@]}")
 bare=(--model "${bare[1]}" --batch "${bare[3]}" --inputs "$input_length" --targets 32 --steps 20 --warmup 3)
 echo "bare step at the same shape: ${bare[*]}"
 timeout 40 "$work/t5-bench" "${bare[@]}" --device "$device" || echo "bare step failed: $?"
+fi
+
+if want 6; then
+section "6. resume on $device, then finetune its checkpoint on the CPU"
+if [ ! -f "$db" ]; then
+    "$ehrprep" synth --out "$work/smoke/synth" --notes 2000 --seed 3 >/dev/null &&
+        "$ehrprep" build --mimic-dir "$work/smoke/synth" --task-data "$work/smoke/synth/tasks" \
+            --out "$work/smoke/build" --vocab-size 1000 --input-length 128 \
+            --validation-fraction 0.2 --quiet >/dev/null || echo "section 6 build failed: $?"
+fi
+run() {
+    timeout 60 "$ehrprep" pretrain --build "$work/smoke/build" --model tiny --batch-size 4 \
+        --warmup 10 --lr 0.01 --device "$device" --seed 9 --save-every 20 --eval-every 1000 \
+        --quiet "$@" >/dev/null || echo "pretrain $* failed: $?"
+}
+run --steps 40 --out "$work/straight"
+run --steps 20 --out "$work/split"
+timeout 60 "$ehrprep" pretrain --resume "$work/split" --steps 40 --quiet >/dev/null ||
+    echo "resume failed: $?"
+sql "SELECT CASE WHEN out LIKE '%straight' THEN 'straight' ELSE 'resumed' END AS run, step,
+            loss, grad_norm FROM train_steps JOIN train_runs USING (run_id)
+     WHERE step IN (20, 21, 40) AND (out LIKE '%straight' OR out LIKE '%split')
+     ORDER BY step, run"
+for f in model.safetensors optimizer.safetensors; do
+    if cmp -s "$work/straight/checkpoint-00000040/$f" "$work/split/checkpoint-00000040/$f"; then
+        echo "step 40 $f: identical"
+    else
+        echo "step 40 $f: differs"
+    fi
+done
+python3 - "$work/straight/checkpoint-00000040" "$work/split/checkpoint-00000040" <<'PY'
+import sys
+from safetensors.torch import load_file
+a, b = (load_file(f"{d}/model.safetensors") for d in sys.argv[1:])
+worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(f"step 40 weights: largest difference {worst:.3g} over {len(a)} tensors")
+PY
+timeout 120 "$ehrprep" finetune --task mednli --data "$work/smoke/synth/tasks/mednli" \
+    --checkpoint "$work/straight" --fractions 0.1 --seeds 1 --epochs 1 --batch-size 16 \
+    --effective-batch 16 --lr 3e-3 --max-new-tokens 16 --device cpu --threads 4 \
+    --out "$work/ft-cpu" --db "$db" >/dev/null || echo "finetune on the CPU failed: $?"
+sql "SELECT task, fraction, metric, round(mean, 4) AS mean FROM eval_summary
+     WHERE checkpoint LIKE '%straight%' ORDER BY ALL"
+fi
 
 cp "$db" "$logs/smoke-catalog.duckdb" 2>/dev/null || true
 echo "done $(date +%T)"
