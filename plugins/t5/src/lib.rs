@@ -5,6 +5,7 @@
 //! driver can call the model directly.
 
 pub mod checkpoint;
+pub mod cuda;
 pub mod data;
 pub mod finetune;
 pub mod generate;

@@ -157,7 +157,16 @@ enum Event<'a> {
     },
 }
 
+/// The device a request names; choosing a CUDA device turns on deterministic algorithms.
 pub fn device_for(name: &str) -> Result<Device, String> {
+    let device = named_device(name)?;
+    if device.is_cuda() {
+        crate::cuda::deterministic_algorithms();
+    }
+    Ok(device)
+}
+
+fn named_device(name: &str) -> Result<Device, String> {
     match name {
         "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
