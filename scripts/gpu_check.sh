@@ -15,8 +15,8 @@
 # 4. the whole protocol in miniature on the device: fixtures/experiments/smoke.toml with every
 #    stage on DEVICE (synth, build, pretrain, finetune on three tasks, evaluation, report);
 # 5. pretraining through ehrprep's own data path (shards, span corruption at load time) on
-#    that build, beside the bare step at the same shape, to see whether loading keeps up.
-#
+#    that build (run it with 4), beside the bare step at the same shape, to see whether
+#    loading keeps up;
 # 6. a run stopped and resumed on the device against one run straight through (same losses
 #    and weights?), and its checkpoint finetuned on the CPU.
 #
