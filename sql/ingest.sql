@@ -1,12 +1,12 @@
 -- Loading MIMIC CSV files straight into stage_notes (metadata only), in file order, so a
--- note's rowid there is its place in the build (`ord`); the text is read again when it is
--- normalized (text_mimic3, text_mimic4). Fields are read as text and cast with TRY_CAST,
--- so a bad value is reported by record and field (validate_notes) instead of as a DuckDB
+-- note's rowid there is its place in the build (`ord`); the text is read again, in the same
+-- dialect, when it is normalized (src/reread.rs). Fields are read as text and cast with
+-- TRY_CAST, so a bad value is reported by record and field (validate_notes) instead of as a DuckDB
 -- cast error quoting the whole record.
 
 -- name: readers
--- How each kind of note file is read, for both reads. Temporary macros: each connection
--- that reads notes creates them. Headers are checked in Rust before these run, and the
+-- How each kind of note file is read. Temporary macros: each connection that reads notes
+-- creates them. Headers are checked in Rust before these run, and the
 -- `columns` lists name the columns in the order the header was checked to have.
 -- buffer_size: DuckDB's default is 16 x max_line_size (256 MiB here), one buffer for any
 -- real file and so one parsing thread; 16 MiB buffers are parsed in parallel.
@@ -67,16 +67,6 @@ SELECT 'mimic-iv', trim(note_id), NULL, TRY_CAST(subject_id AS BIGINT),
            WHEN storetime IS NOT NULL AND TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN 'storetime'
        END
 FROM mimic4_csv(?);
-
--- name: text_mimic3
--- The second read of a staged file, after the set rules: its notes' ids (as staged, to check
--- that both reads line up) and text in file order, streamed to normalization. Only the
--- staged metadata is kept in between, so the raw notes never sit in DuckDB's memory.
-SELECT CAST(TRY_CAST(ROW_ID AS BIGINT) AS VARCHAR) AS note_id, coalesce(TEXT, '') AS text
-FROM mimic3_csv(?);
-
--- name: text_mimic4
-SELECT trim(note_id) AS note_id, coalesce(text, '') AS text FROM mimic4_csv(?);
 
 -- name: staged_count
 -- Notes staged so far: a file's notes take the rowids from here on, in file order.

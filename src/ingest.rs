@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::discover::Inputs;
 use crate::progress::Reporter;
+use crate::reread::Reread;
 use crate::sql::INGEST;
 use crate::{Error, Result, Source};
 
@@ -93,32 +94,50 @@ impl NoteText {
         &self.path
     }
 
-    /// The statement that streams the file's text; its parameter is [`NoteText::data`].
-    pub fn sql(&self) -> &'static str {
+    /// Opens the second read of the file DuckDB staged: the input, or its plain copy.
+    pub fn reread(&self) -> Result<Reread> {
+        Reread::open(
+            &self.path,
+            self.data.path(&self.path),
+            self.kind.columns().len(),
+        )
+    }
+
+    /// Whether a note id as the second read found it (`raw`, the field's text) is the one
+    /// the first read staged: MIMIC-III's ROW_ID as DuckDB cast it to an integer,
+    /// MIMIC-IV's note_id trimmed of spaces.
+    pub fn same_id(&self, raw: &[u8], staged: &str) -> bool {
         match self.kind {
-            NoteFile::Mimic3 => INGEST.get("text_mimic3"),
-            NoteFile::Mimic4(_) => INGEST.get("text_mimic4"),
+            NoteFile::Mimic3 => std::str::from_utf8(raw.trim_ascii())
+                .ok()
+                .and_then(|r| r.parse::<i64>().ok())
+                .is_some_and(|r| staged.parse::<i64>() == Ok(r)),
+            NoteFile::Mimic4(_) => {
+                let trimmed = std::str::from_utf8(raw).map(|r| r.trim_matches(' '));
+                trimmed == Ok(staged)
+            }
         }
     }
 
-    /// The file DuckDB reads: the input, or its plain copy.
-    pub fn data(&self) -> Result<&str> {
-        path_str(self.data.path(&self.path))
+    /// The error for a record whose text is not UTF-8.
+    pub fn not_utf8(&self, record: u64) -> Error {
+        let columns = self.kind.columns();
+        Error::Field {
+            path: self.path.clone(),
+            record,
+            field: columns[columns.len() - 1].to_string(),
+            expected: "text in UTF-8".to_string(),
+        }
     }
 
-    /// Whether the file DuckDB reads is as it was before the first read.
+    /// Whether the file read again is as it was before the first read.
     pub fn unchanged(&self) -> Result<bool> {
         Ok(Stamp::of(self.data.path(&self.path))? == self.stamp)
     }
-
-    /// Translates an error from reading the file again.
-    pub fn error(&self, e: &duckdb::Error) -> Error {
-        csv_error(&self.path, e)
-    }
 }
 
-/// Creates, on `conn`, the macros that read each kind of note file (`sql/ingest.sql`); both
-/// reads of a file go through them, so they parse it the same way.
+/// Creates, on `conn`, the macros that read each kind of note file (`sql/ingest.sql`); the
+/// second read ([`Reread`]) parses the same dialect.
 pub fn create_readers(conn: &Connection) -> Result<()> {
     conn.execute_batch(INGEST.get("readers"))
         .map_err(Error::catalog("preparing the CSV readers"))

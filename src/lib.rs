@@ -39,6 +39,7 @@ pub mod pretrain;
 pub mod progress;
 pub mod query;
 pub mod report;
+pub mod reread;
 pub mod select;
 pub mod shards;
 pub mod sql;

@@ -25,6 +25,7 @@ use crate::ingest::{self, FileStats, NoteText};
 use crate::normalize::{Deid, normalize};
 use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
+use crate::reread::Reread;
 use crate::select::{self, Reason, SetRules};
 use crate::sql::{CATALOG, SELECT_PAPER};
 use crate::stats::BuildStats;
@@ -447,22 +448,16 @@ fn normalize_and_decide(
     let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let batch = config.batch_notes.max(1) as i64;
-    // Three connections, as a connection runs one query at a time: this one streams the
-    // staged metadata (temporary tables are its own), `reader` reads the files again and
-    // `writer` appends the results.
-    let another = || -> Result<Connection> {
-        let c = conn.try_clone().map_err(Error::catalog("reading notes"))?;
-        c.execute_batch(CATALOG.get("settings"))
-            .map_err(Error::catalog("reading notes"))?;
-        Ok(c)
-    };
-    let (reader, writer) = (another()?, another()?);
-    ingest::create_readers(&reader)?;
-    let mut statements = texts
-        .iter()
-        .map(|t| reader.prepare(t.sql()).map_err(|e| t.error(&e)))
-        .collect::<Result<Vec<_>>>()?;
-    let mut text = TextReader::new(texts, &mut statements);
+    // Two connections, as a connection runs one query at a time: this one streams the
+    // staged metadata (temporary tables are its own) and `writer` appends the results. The
+    // text comes from a second read of each file (`reread`).
+    let writer = conn
+        .try_clone()
+        .map_err(Error::catalog("writing decisions"))?;
+    writer
+        .execute_batch(CATALOG.get("settings"))
+        .map_err(Error::catalog("writing decisions"))?;
+    let mut text = TextReader::new(texts);
     let mut rows_stmt = conn
         .prepare(SELECT_PAPER.get("note_rows"))
         .map_err(Error::catalog("reading notes"))?;
@@ -769,70 +764,72 @@ impl<'a> Runs<'a> {
 }
 
 /// Streams the text of the staged files, in order, from their second read.
-struct TextReader<'a, 'conn> {
-    files: std::iter::Zip<
-        std::slice::Iter<'a, NoteText>,
-        std::slice::IterMut<'a, duckdb::Statement<'conn>>,
-    >,
-    /// The file being read, its stream, and how many of its notes are still to come.
-    current: Option<(&'a NoteText, Runs<'a>, u64)>,
+struct TextReader<'a> {
+    files: std::slice::Iter<'a, NoteText>,
+    /// The file being read.
+    current: Option<(&'a NoteText, Reread)>,
+    /// One record's raw id and text.
+    id: Vec<u8>,
+    text: Vec<u8>,
 }
 
-impl<'a, 'conn: 'a> TextReader<'a, 'conn> {
-    fn new(texts: &'a [NoteText], statements: &'a mut [duckdb::Statement<'conn>]) -> Self {
+impl<'a> TextReader<'a> {
+    fn new(texts: &'a [NoteText]) -> Self {
         TextReader {
-            files: texts.iter().zip(statements.iter_mut()),
+            files: texts.iter(),
             current: None,
+            id: Vec::new(),
+            text: Vec::new(),
         }
     }
 
     /// The next `n` notes' text, checked to be the same notes as the staged rows `notes`
     /// (the same note ids, in the same order); ranges never cross a file's end.
     fn take(&mut self, n: usize, notes: &[RecordBatch]) -> Result<StringArray> {
-        if self.current.as_ref().is_none_or(|c| c.2 == 0) {
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(file, r)| r.records() == file.records)
+        {
             self.finish()?;
-            let (file, statement) = self.files.next().ok_or_else(|| changed(None))?;
-            let stream = statement
-                .stream_arrow([file.data()?])
-                .map_err(|e| file.error(&e))?
-                .map(move |b| b.map_err(|e| file.error(&e)));
-            self.current = Some((file, Runs::new(Box::new(stream)), file.records));
+            let file = self.files.next().ok_or_else(|| changed(None))?;
+            self.current = Some((file, file.reread()?));
         }
-        let (file, runs, left) = self.current.as_mut().expect("a file is being read");
-        if n as u64 > *left {
-            return Err(changed(Some(file)));
-        }
-        *left -= n as u64;
-        let run = runs.take(n)?;
-        let column = |i: usize| -> Result<ArrayRef> {
-            let parts: Vec<&dyn Array> = run.iter().map(|b| b.column(i).as_ref()).collect();
-            arrow::compute::concat(&parts).map_err(|_| changed(Some(file)))
-        };
-        let strings = |a: &ArrayRef| a.as_any().downcast_ref::<StringArray>().cloned();
-        let (ids, text) = (column(0)?, column(1)?);
-        let (Some(ids), Some(text)) = (strings(&ids), strings(&text)) else {
-            return Err(changed(Some(file)));
-        };
+        let (file, reread) = self.current.as_mut().expect("a file is being read");
         // note_rows column 3 is the staged note id.
         let staged = notes
             .iter()
             .map(|b| b.column(3).as_any().downcast_ref::<StringArray>())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| changed(Some(file)))?;
-        let agree = text.len() == n
-            && ids.iter().eq(staged.iter().flat_map(|c| c.iter()))
-            && staged.iter().map(|c| c.len()).sum::<usize>() == n;
-        if !agree {
+        let bytes: usize = notes.iter().map(|b| b.num_rows()).sum::<usize>() * 512;
+        let mut out = arrow::array::StringBuilder::with_capacity(n, bytes);
+        let mut ids = staged.iter().flat_map(|c| c.iter());
+        for _ in 0..n {
+            let staged_id = ids.next().flatten();
+            if reread.records() == file.records
+                || !reread.next_record(&mut self.id, &mut self.text)?
+                || !staged_id.is_some_and(|s| file.same_id(&self.id, s))
+            {
+                return Err(changed(Some(file)));
+            }
+            let text =
+                std::str::from_utf8(&self.text).map_err(|_| file.not_utf8(reread.records()))?;
+            out.append_value(text);
+        }
+        if ids.next().is_some() {
             return Err(changed(Some(file)));
         }
-        Ok(text)
+        Ok(out.finish())
     }
 
     /// Checks that the file being read has no more notes than were staged, and that it
     /// was not rewritten since the first read began (same size and modification time).
     fn finish(&mut self) -> Result<()> {
-        if let Some((file, mut runs, left)) = self.current.take()
-            && (left != 0 || !runs.take(1)?.is_empty() || !file.unchanged()?)
+        if let Some((file, mut reread)) = self.current.take()
+            && (reread.records() != file.records
+                || reread.next_record(&mut self.id, &mut self.text)?
+                || !file.unchanged()?)
         {
             return Err(changed(Some(file)));
         }
@@ -840,7 +837,6 @@ impl<'a, 'conn: 'a> TextReader<'a, 'conn> {
     }
 }
 
-/// A second read of an input that disagrees with the first.
 fn changed(file: Option<&NoteText>) -> Error {
     Error::Invalid(match file {
         Some(f) => format!(
@@ -983,6 +979,8 @@ mod tests {
         Edit,
         /// Written again with its old modification time, as `cp -p` would.
         KeepTime,
+        /// These bytes, with the old modification time.
+        KeepTimeBytes(Vec<u8>),
     }
 
     /// Stages `notes` as a NOTEEVENTS file (written an hour ago), rewrites it as `then`, and
@@ -995,11 +993,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("NOTEEVENTS.csv");
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        let write = |notes: &[(u32, &str)]| {
-            std::fs::write(&file, noteevents(notes)).unwrap();
+        let write = |bytes: &[u8]| {
+            std::fs::write(&file, bytes).unwrap();
             std::fs::File::options().write(true).open(&file).unwrap()
         };
-        write(notes).set_modified(hour_ago).unwrap();
+        write(noteevents(notes).as_bytes())
+            .set_modified(hour_ago)
+            .unwrap();
         let conn = catalog::open_in_memory().unwrap();
         conn.execute_batch(CATALOG.get("stage")).unwrap();
         let inputs = Inputs {
@@ -1014,8 +1014,11 @@ mod tests {
         select::apply_set_rules(&conn, SetRules { era_overlap: false }).unwrap();
         match rewrite {
             Rewrite::No => {}
-            Rewrite::Edit => drop(write(then)),
-            Rewrite::KeepTime => write(then).set_modified(hour_ago).unwrap(),
+            Rewrite::Edit => drop(write(noteevents(then).as_bytes())),
+            Rewrite::KeepTime => write(noteevents(then).as_bytes())
+                .set_modified(hour_ago)
+                .unwrap(),
+            Rewrite::KeepTimeBytes(bytes) => write(&bytes).set_modified(hour_ago).unwrap(),
         }
         let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
         config.batch_notes = 2;
@@ -1091,6 +1094,22 @@ mod tests {
             assert!(err.contains("NOTEEVENTS.csv"), "{err}");
             assert!(err.contains("changed while it was being read"), "{err}");
             assert!(!err.contains("EDITED") && !err.contains("fourth"), "{err}");
+        }
+        // Bytes the first read would have refused, with the old time kept: the second read
+        // names the file and the record instead of passing them on.
+        let same = noteevents(&notes).into_bytes();
+        let at = same.windows(6).position(|w| w == b"second").unwrap();
+        let mut latin1 = same.clone();
+        latin1[at + 3] = 0xE9;
+        let mut quote = same.clone();
+        quote[at + 3] = b'"';
+        for (bytes, says) in [(latin1, "UTF-8"), (quote, "second read")] {
+            let err = read_twice(&notes, &[], Rewrite::KeepTimeBytes(bytes))
+                .err()
+                .expect("a changed file")
+                .to_string();
+            assert!(err.contains("NOTEEVENTS.csv"), "{err}");
+            assert!(err.contains("record 2") && err.contains(says), "{err}");
         }
     }
 }
