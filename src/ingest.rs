@@ -175,18 +175,25 @@ pub fn ingest(
     // DuckDB decompresses gzip on one thread, several times slower than flate2 (see the
     // README's measurements), so the next file is decompressed here while DuckDB parses
     // the current one.
+    // The second file is decompressed beside the first, which would otherwise leave a core
+    // idle.
     std::thread::scope(|s| {
         let (mut stats, mut texts) = (Vec::new(), Vec::new());
-        let mut next = None;
+        let inflate = |i: usize| {
+            let &(path, _) = files.get(i)?;
+            Some(s.spawn(move || Plain::of(path, scratch, None)))
+        };
+        let mut next = inflate(1);
         for (i, &(path, kind)) in files.iter().enumerate() {
-            let plain = match next.take() {
-                Some(handle) => crate::join(handle)?,
-                // The first file has nothing to overlap with: its inflating gets the bar.
-                None => Plain::of(path, scratch, Some(reporter))?,
+            let plain = if i == 0 {
+                // The first file's inflating gets the bar.
+                Plain::of(path, scratch, Some(reporter))?
+            } else {
+                let handle = next.take().expect("each file after the first is started");
+                let plain = crate::join(handle)?;
+                next = inflate(i + 1);
+                plain
             };
-            if let Some(&(following, _)) = files.get(i + 1) {
-                next = Some(s.spawn(move || Plain::of(following, scratch, None)));
-            }
             let stamp = Stamp::of(plain.path(path))?;
             let (file, first) = load_notes(conn, path, plain.path(path), kind, reporter)?;
             texts.push(NoteText {
