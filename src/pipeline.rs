@@ -802,8 +802,8 @@ impl<'a> TextReader<'a> {
             .map(|b| b.column(3).as_any().downcast_ref::<StringArray>())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| changed(Some(file)))?;
-        let bytes: usize = notes.iter().map(|b| b.num_rows()).sum::<usize>() * 512;
-        let mut out = arrow::array::StringBuilder::with_capacity(n, bytes);
+        // Room for notes of 512 bytes; longer ones grow it.
+        let mut out = arrow::array::StringBuilder::with_capacity(n, n * 512);
         let mut ids = staged.iter().flat_map(|c| c.iter());
         for _ in 0..n {
             let staged_id = ids.next().flatten();
@@ -837,6 +837,7 @@ impl<'a> TextReader<'a> {
     }
 }
 
+/// A second read of an input that disagrees with the first.
 fn changed(file: Option<&NoteText>) -> Error {
     Error::Invalid(match file {
         Some(f) => format!(
