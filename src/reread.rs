@@ -6,8 +6,9 @@
 //! the build's main thread a second tokenization of every field and an Arrow export of the
 //! text. The dialect is the one `sql/ingest.sql` gives DuckDB: `,` between fields, `"`
 //! quotes with `""` for a quote inside them, `\n` between records, blank lines skipped.
-//! A quote inside a field that does not start with one is a plain character, as DuckDB
-//! takes it. Anything else (a byte after a closing quote other than `,` or `\n`, a `\r`
+//! As DuckDB reads it, one space before an opening quote and any spaces after a closing
+//! one belong to the quoting, and a quote inside a field that does not start with one (or
+//! with one space and one) is a plain character. Anything else (a byte after a closing quote other than `,` or `\n`, a `\r`
 //! outside quotes, a record with another number of fields) is an error, never a silent
 //! difference, and the pipeline checks every id against the staged one.
 
@@ -58,6 +59,15 @@ fn record(
     let mut p = at;
     let (mut first, mut last) = (None, None);
     for col in 0..columns {
+        // DuckDB takes one space before an opening quote as part of the quoting (two or
+        // more, and the field is plain text, quotes and all).
+        if b.get(p) == Some(&b' ') {
+            match b.get(p + 1) {
+                Some(b'"') => p += 1,
+                None if !eof => return Ok(None),
+                _ => {}
+            }
+        }
         let field = if b.get(p) == Some(&b'"') {
             let mut q = p + 1;
             let mut escaped = false;
@@ -82,7 +92,11 @@ fn record(
                             end: close,
                             escaped,
                         };
+                        // Spaces after a closing quote are dropped, as DuckDB drops them.
                         p = close + 1;
+                        while b.get(p) == Some(&b' ') {
+                            p += 1;
+                        }
                         break f;
                     }
                 }
@@ -290,6 +304,8 @@ mod tests {
         assert_eq!(record(b"1,x,\"abc\"", 0, 3, false), Ok(None));
         assert_eq!(record(b"1,x,ab", 0, 3, false), Ok(None));
         assert!(record(b"1,x,ab", 0, 3, true).unwrap().is_some());
+        // A space may open a quoted field: the next byte decides.
+        assert_eq!(record(b"1,x, ", 0, 3, false), Ok(None));
     }
 
     #[test]
@@ -350,6 +366,25 @@ mod tests {
             };
             csv.push_str(&format!("{id},1,,DS,1,2180-01-01 00:00:00,,{field}\n"));
         }
+        // Blanks around quotes and around plain fields, which DuckDB reads its own way.
+        for (i, field) in [
+            " \"lead, space\"",
+            "\"trail, space\" ",
+            "\"trail spaces\"  ",
+            " \"a\"\"b\"",
+            " \"a\nb\"",
+            "  \"two spaces: plain\"  ",
+            "\t\"tab: plain\"",
+            "x \"a\"",
+            " plain lead",
+            "plain trail ",
+            "\tplain tab",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            csv.push_str(&format!("{}-DS-2, \"{i}\" ,,DS,1,,,{field}\n", 1000 + i));
+        }
         csv.push_str("9999-DS-1,1,,DS,1,,,\"no newline at the end\"");
         std::fs::write(&path, &csv).unwrap();
 
@@ -363,7 +398,7 @@ mod tests {
             .unwrap()
             .collect::<std::result::Result<_, _>>()
             .unwrap();
-        assert_eq!(want.len(), 501);
+        assert_eq!(want.len(), 512);
         assert!(plain_quotes > 0, "no unquoted field with a quote in it");
 
         let mut r = Reread::open(&path, &path, 8).unwrap();
