@@ -740,6 +740,20 @@ mod tests {
         (0..n).map(|i| root(&parent, i)).collect()
     }
 
+    /// Minimum-hash bytes from a template, each replaced by a random byte 30% of the time,
+    /// so that some pairs pass a threshold and some fail.
+    fn noisy_bits(rng: &mut Rng, template: u8, hashes: usize) -> Vec<u8> {
+        (0..hashes)
+            .map(|k| {
+                if rng.chance(0.3) {
+                    rng.below(256) as u8
+                } else {
+                    template * 16 + k as u8
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn clusters_follow_the_plain_rule_on_crowded_keys() {
         let cfg = MinHashConfig {
@@ -757,15 +771,7 @@ mod tests {
             for _ in 0..400 {
                 let template = rng.below(6) as u8;
                 let keys = (0..cfg.bands).map(|_| rng.below(5)).collect();
-                let bits = (0..cfg.bands * cfg.rows)
-                    .map(|k| {
-                        if rng.chance(0.3) {
-                            rng.below(256) as u8
-                        } else {
-                            template * 16 + k as u8
-                        }
-                    })
-                    .collect();
+                let bits = noisy_bits(&mut rng, template, cfg.bands * cfg.rows);
                 sketches.push(&Sketch { keys, bits });
             }
             for threshold in [0.3, 0.5, 0.8] {
@@ -817,15 +823,7 @@ mod tests {
                     })
                     .collect();
                 let template = rng.below(5) as u8;
-                let bits = (0..cfg.bands * cfg.rows)
-                    .map(|k| {
-                        if rng.chance(0.3) {
-                            rng.below(256) as u8
-                        } else {
-                            template * 16 + k as u8
-                        }
-                    })
-                    .collect();
+                let bits = noisy_bits(&mut rng, template, cfg.bands * cfg.rows);
                 let sketch = Sketch { keys, bits };
                 memory.push(&sketch);
                 spill.push(&sketch).unwrap();
