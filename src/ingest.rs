@@ -174,8 +174,7 @@ pub fn ingest(
     create_readers(conn)?;
     // DuckDB decompresses gzip on one thread, several times slower than flate2 (see the
     // README's measurements), so the next file is decompressed here while DuckDB parses
-    // the current one.
-    // The second file is decompressed beside the first, which would otherwise leave a core
+    // the current one, and the second beside the first, which would otherwise leave a core
     // idle.
     std::thread::scope(|s| {
         let (mut stats, mut texts) = (Vec::new(), Vec::new());

@@ -7,10 +7,10 @@
 //! text. The dialect is the one `sql/ingest.sql` gives DuckDB: `,` between fields, `"`
 //! quotes with `""` for a quote inside them, `\n` between records, blank lines skipped.
 //! As DuckDB reads it, one space before an opening quote and any spaces after a closing
-//! one belong to the quoting, and a quote inside a field that does not start with one (or
-//! with one space and one) is a plain character. Anything else (a byte after a closing quote other than `,` or `\n`, a `\r`
-//! outside quotes, a record with another number of fields) is an error, never a silent
-//! difference, and the pipeline checks every id against the staged one.
+//! one belong to the quoting, and a quote inside a plain field is a plain character.
+//! Anything else (a byte after a closing quote other than `,` or `\n`, a `\r` outside
+//! quotes, a record with another number of fields) is an error, never a silent difference,
+//! and the pipeline checks every id against the staged one.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
