@@ -10,10 +10,13 @@
 -- `columns` lists name the columns in the order the header was checked to have.
 -- buffer_size: DuckDB's default is 16 x max_line_size (256 MiB here), one buffer for any
 -- real file and so one parsing thread; 16 MiB buffers are parsed in parallel.
+-- auto_detect = false: the dialect and columns are all given, and sniffing them anyway
+-- cost a fifth of the read's time.
 CREATE OR REPLACE TEMP MACRO mimic3_csv(path) AS TABLE
 SELECT * FROM read_csv(path,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
+    auto_detect = false,
     columns = {
         'ROW_ID': 'VARCHAR', 'SUBJECT_ID': 'VARCHAR', 'HADM_ID': 'VARCHAR',
         'CHARTDATE': 'VARCHAR', 'CHARTTIME': 'VARCHAR', 'STORETIME': 'VARCHAR',
@@ -24,6 +27,7 @@ CREATE OR REPLACE TEMP MACRO mimic4_csv(path) AS TABLE
 SELECT * FROM read_csv(path,
     header = true, delim = ',', quote = '"', escape = '"', new_line = '\n',
     all_varchar = true, strict_mode = true, max_line_size = 16777216, buffer_size = 16777216,
+    auto_detect = false,
     columns = {
         'note_id': 'VARCHAR', 'subject_id': 'VARCHAR', 'hadm_id': 'VARCHAR',
         'note_type': 'VARCHAR', 'note_seq': 'VARCHAR', 'charttime': 'VARCHAR',
