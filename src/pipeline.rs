@@ -483,14 +483,8 @@ fn normalize_and_decide(
     writer
         .execute_batch(SELECT_PAPER.get("begin_writing"))
         .map_err(Error::catalog("writing decisions"))?;
-    let mut decisions = writer
-        .appender("note_decisions")
-        .map_err(Error::catalog("writing decisions"))?;
-    let mut kept = writer
-        .appender("corpus")
-        .map_err(Error::catalog("writing the corpus"))?;
-    // A pipeline of two: while a thread normalizes and decides one range of notes (in
-    // parallel), this thread appends the previous range's results and reads the next.
+    // A pipeline of three: a writer thread appends decided ranges, a thread normalizes and
+    // decides one range (in parallel), and this thread reads the next.
     let mut state = DecideState {
         config,
         build_id,
@@ -516,53 +510,59 @@ fn normalize_and_decide(
         let text = text.take((hi - lo) as usize, &notes)?;
         with_text(notes, &text)
     };
-    let mut current = match ranges.first() {
-        Some(&range) => read(range)?,
-        None => Vec::new(),
-    };
-    // Decided but not yet appended: the previous range.
-    let mut previous: Vec<Decisions> = Vec::new();
-    let mut unflushed = 0;
-    let followers = ranges.iter().skip(1).copied().map(Some);
-    for following in followers.chain([None]) {
-        // One scoped thread per range: ranges are thousands of notes (`--batch-notes`).
-        let (appended, decided, next) = std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                current
-                    .iter()
-                    .map(|notes| state.decide(notes))
-                    .collect::<Result<Vec<Decisions>>>()
-            });
-            let appended = previous
-                .iter()
-                .try_for_each(|d| d.append(&mut decisions, &mut kept))
-                .and_then(|()| {
-                    unflushed += 1;
-                    if unflushed < FLUSH_RANGES {
-                        return Ok(());
-                    }
-                    unflushed = 0;
-                    decisions
-                        .flush()
-                        .map_err(Error::catalog("writing decisions"))?;
-                    kept.flush().map_err(Error::catalog("writing the corpus"))
-                });
-            let next = match (&appended, following) {
-                (Ok(()), Some(range)) => Some(read(range)),
-                _ => None,
+    // Decided ranges, and then `None` once every note is decided; one range waits at most.
+    let (to_writer, decided_ranges) = std::sync::mpsc::sync_channel(1);
+    let threshold = config.minhash.threshold;
+    let (written, decided, roots) = std::thread::scope(|s| {
+        let writer = s.spawn(move || write_decisions(writer, decided_ranges));
+        let decided = (|| -> Result<()> {
+            let mut current = match ranges.first() {
+                Some(&range) => read(range)?,
+                None => Vec::new(),
             };
-            let decided = crate::join(worker);
-            (appended, decided, next)
-        });
-        // Errors in the sequential order: append the previous range, decide this one,
-        // read the next.
-        appended?;
-        for d in &previous {
-            reporter.advance(d.note_count);
-        }
-        previous = decided?;
-        current = next.transpose()?.unwrap_or_default();
-    }
+            let followers = ranges.iter().skip(1).copied().map(Some);
+            for following in followers.chain([None]) {
+                // One scoped thread per range: ranges are thousands of notes.
+                let (decided, next) = std::thread::scope(|s| {
+                    let worker = s.spawn(|| {
+                        current
+                            .iter()
+                            .map(|notes| state.decide(notes))
+                            .collect::<Result<Vec<Decisions>>>()
+                    });
+                    let next = following.map(&mut read);
+                    (crate::join(worker), next)
+                });
+                // Errors in the sequential order: decide this range, read the next.
+                let decided = decided?;
+                let notes: u64 = decided.iter().map(|d| d.note_count).sum();
+                if to_writer.send(Some(decided)).is_err() {
+                    // The writer failed; its error is the one reported.
+                    return Ok(());
+                }
+                reporter.advance(notes);
+                current = next.transpose()?.unwrap_or_default();
+            }
+            // The writer flushes; DuckDB compresses the corpus as it does, while the
+            // clusters are found here from the sketches alone.
+            let _ = to_writer.send(None);
+            Ok(())
+        })();
+        drop(to_writer);
+        let roots = match decided {
+            Ok(()) => state
+                .sketches
+                .take()
+                .map(|s| s.clusters(threshold))
+                .transpose(),
+            Err(_) => Ok(None),
+        };
+        let written = crate::join(writer);
+        (written, decided, roots)
+    });
+    let writer = written?;
+    decided?;
+    // Nothing is committed unless both reads ended together.
     text.finish()?;
     if !rows.take(1)?.is_empty() {
         return Err(Error::Catalog {
@@ -570,25 +570,7 @@ fn normalize_and_decide(
             message: "more staged notes than the files hold".into(),
         });
     }
-    for d in &previous {
-        d.append(&mut decisions, &mut kept)?;
-        reporter.advance(d.note_count);
-    }
-    // DuckDB compresses the corpus as it flushes, on this thread; the clusters need only
-    // the sketches, so they are found meanwhile.
-    let threshold = config.minhash.threshold;
-    let (flushed, roots) = std::thread::scope(|s| {
-        let roots = s.spawn(|| sketches.map(|s| s.clusters(threshold)).transpose());
-        let flushed = decisions
-            .flush()
-            .map_err(Error::catalog("writing decisions"))
-            .and_then(|()| kept.flush().map_err(Error::catalog("writing the corpus")));
-        let roots = crate::join(roots);
-        (flushed, roots)
-    });
-    flushed?;
     let roots = roots?.unwrap_or_default();
-    drop((decisions, kept));
     writer
         .execute_batch(SELECT_PAPER.get("finish_writing"))
         .map_err(Error::catalog("writing decisions"))?;
@@ -598,6 +580,45 @@ fn normalize_and_decide(
         roots,
         kept_chars,
     })
+}
+
+/// The writer thread: appends each decided range to `note_decisions` and `corpus`, and
+/// flushes at the end (`None`). Gives the connection back for the commit; if the ranges
+/// stop without `None`, nothing is flushed and the caller rolls back.
+fn write_decisions(
+    writer: Connection,
+    ranges: std::sync::mpsc::Receiver<Option<Vec<Decisions>>>,
+) -> Result<Connection> {
+    {
+        let mut decisions = writer
+            .appender("note_decisions")
+            .map_err(Error::catalog("writing decisions"))?;
+        let mut kept = writer
+            .appender("corpus")
+            .map_err(Error::catalog("writing the corpus"))?;
+        let flush = |decisions: &mut duckdb::Appender, kept: &mut duckdb::Appender| {
+            decisions
+                .flush()
+                .map_err(Error::catalog("writing decisions"))?;
+            kept.flush().map_err(Error::catalog("writing the corpus"))
+        };
+        let mut unflushed = 0;
+        while let Ok(range) = ranges.recv() {
+            let Some(range) = range else {
+                flush(&mut decisions, &mut kept)?;
+                break;
+            };
+            for d in &range {
+                d.append(&mut decisions, &mut kept)?;
+            }
+            unflushed += 1;
+            if unflushed == FLUSH_RANGES {
+                unflushed = 0;
+                flush(&mut decisions, &mut kept)?;
+            }
+        }
+    }
+    Ok(writer)
 }
 
 /// What deciding needs across ranges of notes; lent to the decision thread.
