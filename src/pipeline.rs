@@ -584,7 +584,7 @@ fn normalize_and_decide(
 
 /// The writer thread: appends each decided range to `note_decisions` and `corpus`, and
 /// flushes at the end (`None`). Gives the connection back for the commit; if the ranges
-/// stop without `None`, nothing is flushed and the caller rolls back.
+/// stop without `None`, the caller never commits and the transaction rolls back.
 fn write_decisions(
     writer: Connection,
     ranges: std::sync::mpsc::Receiver<Option<Vec<Decisions>>>,
