@@ -1044,7 +1044,16 @@ mod tests {
         }
         let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
         config.batch_notes = 2;
-        normalize_and_decide(&conn, &texts, &config, "build", &scratch, &Silent)
+        let decided = normalize_and_decide(&conn, &texts, &config, "build", &scratch, &Silent);
+        let rows = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        // A failed stage commits nothing, whatever the writer had appended or flushed.
+        if decided.is_err() {
+            assert_eq!((rows("note_decisions"), rows("corpus")), (0, 0));
+        }
+        decided
     }
 
     #[test]
