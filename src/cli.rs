@@ -383,7 +383,12 @@ struct SqlArgs {
 
 /// Parses arguments, runs the command, prints any error, and returns the exit code.
 pub fn main() -> ExitCode {
-    fixed_cublas_workspace();
+    // SAFETY: first thing in `main`, while this is the process's only thread. A trainer
+    // plugin on CUDA needs the variable set before cuBLAS starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        ehrprep_plugin_api::fix_cublas_workspace();
+    }
     install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {
@@ -700,20 +705,6 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
         Format::Json => crate::query::write_json(&mut frame, &mut out)?,
     }
     Ok(())
-}
-
-/// A trainer plugin on CUDA runs PyTorch in deterministic mode, and cuBLAS is deterministic
-/// only with a fixed workspace, read from `CUBLAS_WORKSPACE_CONFIG` when it starts (the T5
-/// plugin's `cuda` module). Set unless the user set it, before any thread exists.
-fn fixed_cublas_workspace() {
-    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
-        // SAFETY: called first thing in `main`, while this is the process's only thread, so
-        // nothing reads the environment concurrently.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
-        }
-    }
 }
 
 /// Panics never print their payload: it could hold note text. The location is enough to

@@ -4,12 +4,8 @@
 //! threads arrive), so a resumed run could never match an uninterrupted one.
 //!
 //! cuBLAS is deterministic only with a fixed workspace, which it reads from
-//! `CUBLAS_WORKSPACE_CONFIG` when it starts: the binaries that load this plugin set
-//! [`CUBLAS_WORKSPACE`] before starting any thread; PyTorch refuses a matrix product in
-//! deterministic mode without it, so a host that forgets gets a clear error, not drift.
-
-/// The value PyTorch documents for deterministic cuBLAS.
-pub const CUBLAS_WORKSPACE: (&str, &str) = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+//! `CUBLAS_WORKSPACE_CONFIG` when it starts: the binaries that load this plugin set it with
+//! [`ehrprep_plugin_api::fix_cublas_workspace`] before starting any thread.
 
 /// Turns PyTorch's deterministic algorithms on for this process (an operation with no
 /// deterministic CUDA kernel then fails with PyTorch's error instead of running). Called

@@ -23,13 +23,10 @@ use ehrprep_t5::train::{device_for, device_name};
 use tch::{Device, Kind, Tensor, nn};
 
 fn main() {
-    let (key, value) = ehrprep_t5::cuda::CUBLAS_WORKSPACE;
-    if std::env::var_os(key).is_none() {
-        // SAFETY: first thing in `main`, while this is the only thread.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var(key, value);
-        }
+    // SAFETY: first thing in `main`, while this is the only thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        ehrprep_plugin_api::fix_cublas_workspace();
     }
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
