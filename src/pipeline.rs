@@ -515,7 +515,8 @@ fn normalize_and_decide(
     let threshold = config.minhash.threshold;
     let (written, decided, roots) = std::thread::scope(|s| {
         let writer = s.spawn(move || write_decisions(writer, decided_ranges));
-        let decided = (|| -> Result<()> {
+        // Whether the writer took every range (if not, its error is the one reported).
+        let decided = (|| -> Result<bool> {
             let mut current = match ranges.first() {
                 Some(&range) => read(range)?,
                 None => Vec::new(),
@@ -537,25 +538,23 @@ fn normalize_and_decide(
                 let decided = decided?;
                 let notes: u64 = decided.iter().map(|d| d.note_count).sum();
                 if to_writer.send(Some(decided)).is_err() {
-                    // The writer failed; its error is the one reported.
-                    return Ok(());
+                    return Ok(false);
                 }
                 reporter.advance(notes);
                 current = next.transpose()?.unwrap_or_default();
             }
             // The writer flushes; DuckDB compresses the corpus as it does, while the
             // clusters are found here from the sketches alone.
-            let _ = to_writer.send(None);
-            Ok(())
+            Ok(to_writer.send(None).is_ok())
         })();
         drop(to_writer);
         let roots = match decided {
-            Ok(()) => state
+            Ok(true) => state
                 .sketches
                 .take()
                 .map(|s| s.clusters(threshold))
                 .transpose(),
-            Err(_) => Ok(None),
+            Ok(false) | Err(_) => Ok(None),
         };
         let written = crate::join(writer);
         (written, decided, roots)
