@@ -1,13 +1,13 @@
 -- Loading MIMIC CSV files straight into stage_notes (metadata only), in file order, so a
 -- note's rowid there is its place in the build (`ord`); the text is read again, in the same
 -- dialect, when it is normalized (src/reread.rs). Fields are read as text and cast with
--- TRY_CAST, so a bad value is reported by record and field (validate_notes) instead of as a DuckDB
--- cast error quoting the whole record.
+-- TRY_CAST, so a bad value is reported by record and field (validate_notes) instead of as
+-- a DuckDB cast error quoting the whole record.
 
 -- name: readers
 -- How each kind of note file is read. Temporary macros: each connection that reads notes
--- creates them. Headers are checked in Rust before these run, and the
--- `columns` lists name the columns in the order the header was checked to have.
+-- creates them. Headers are checked in Rust before these run, and the `columns` lists
+-- name the columns in the order the header was checked to have.
 -- buffer_size: DuckDB's default is 16 x max_line_size (256 MiB here), one buffer for any
 -- real file and so one parsing thread; 16 MiB buffers are parsed in parallel.
 -- auto_detect = false: the dialect and columns are all given, and sniffing them anyway
