@@ -4,13 +4,15 @@ the same examples, batches and threads, in the same run.
 
     python scripts/bench_generate.py --driver target/debug/t5-bench [--model t5-small]
         [--examples 64] [--batch 8] [--inputs 128] [--max-new 32] [--beams 1,3,5]
-        [--device cpu] [--threads N]
+        [--device cpu] [--threads N] [--fill-ab]
 
 The checkpoint is a randomly initialized model saved by transformers and loaded by both, so
 both sides must produce the same ids (the script counts the examples that agree); random
 weights rarely emit `</s>`, so every example generates about `--max-new` tokens on both
 sides and the work is equal. Prints one JSON line per implementation and beam width, then
-the ratios (ehrprep / transformers examples per second).
+the ratios (ehrprep / transformers examples per second). With `--fill-ab` the plugin also
+runs with PyTorch's deterministic-mode fill of new tensors turned back on
+(`fill_uninitialized: true` in its line), right after the run without it.
 """
 
 import argparse
@@ -92,6 +94,7 @@ def main():
     p.add_argument("--beams", default="1,3,5")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--fill-ab", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -107,12 +110,18 @@ def main():
         model = model.to(args.device)
         for beams in [int(b) for b in args.beams.split(",")]:
             out = tmp / f"outputs-{beams}.json"
-            ours = json.loads(subprocess.run(
-                [args.driver, "--generate", str(tmp / "model"), "--examples", str(tmp / "examples.json"),
-                 "--out", str(out), "--beams", str(beams), "--max-new", str(args.max_new),
-                 "--batch", str(args.batch), "--device", args.device, "--threads", str(args.threads)],
-                check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            driver = [args.driver, "--generate", str(tmp / "model"), "--examples", str(tmp / "examples.json"),
+                      "--out", str(out), "--beams", str(beams), "--max-new", str(args.max_new),
+                      "--batch", str(args.batch), "--device", args.device, "--threads", str(args.threads)]
+            run = lambda extra: json.loads(subprocess.run(
+                driver + extra, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            ours = run([])
             our_ids = json.loads(out.read_text())
+            if args.fill_ab:
+                filled = run(["--fill-uninitialized"])
+                filled["fill_uninitialized"] = True
+                filled["same_ids_as_unfilled"] = json.loads(out.read_text()) == our_ids
+                print(json.dumps(filled))
             their_ids, theirs = hf(model, rows, args, beams)
             same = sum(a == b for a, b in zip(our_ids, their_ids))
             ours["same_as_transformers"] = same

@@ -18,7 +18,9 @@
 #    that build (run it with 4), beside the bare step at the same shape, to see whether
 #    loading keeps up;
 # 6. a run stopped and resumed on the device against one run straight through (same losses
-#    and weights?), and its checkpoint finetuned on the CPU.
+#    and weights?), and its checkpoint finetuned on the CPU;
+# 7. the corpus build benchmark (scripts/bench_build.py, which needs pandas) on the host's
+#    CPU cores, beside its single-threaded reference.
 #
 # DEVICE (default cuda) and SMALL=1 (tiny shapes) exist to try the script on a CPU first;
 # ONLY="1 6" runs only those sections (section 6 makes a small build when 4 did not run).
@@ -40,12 +42,12 @@ if [ "${SMALL:-0}" = 1 ]; then
     train=(--model t5-small --batch 2 --inputs 32 --targets 8 --steps 1 --warmup 1)
     generate=(--examples 8 --batch 4 --max-new 4 --beams 1,3)
     pretrain=(--model tiny --batch-size 4 --steps 3)
-    notes=2000 steps=5 epochs=1
+    notes=2000 steps=5 epochs=1 build_notes=(2000)
 else
     train=(--model t5-base --batch 64 --inputs 512 --targets 114 --steps 10 --warmup 3)
     generate=(--examples 256 --batch 32 --max-new 32 --beams 1,3,5)
     pretrain=(--model t5-small --batch-size 64 --steps 60)
-    notes=20000 steps=300 epochs=
+    notes=20000 steps=300 epochs= build_notes=(200000 1000000)
 fi
 
 section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
@@ -66,8 +68,8 @@ fi
 
 if want 3; then
 section "3. generation, ${generate[*]}"
-timeout 90 python3 scripts/bench_generate.py --driver "$work/t5-bench" "${generate[@]}" \
-    --device "$device" || echo "section 3 failed: $?"
+timeout 150 python3 scripts/bench_generate.py --driver "$work/t5-bench" "${generate[@]}" \
+    --device "$device" --fill-ab || echo "section 3 failed: $?"
 fi
 
 db=$work/smoke/build/catalog.duckdb
@@ -142,6 +144,12 @@ timeout 120 "$ehrprep" finetune --task mednli --data "$work/smoke/synth/tasks/me
     --out "$work/ft-cpu" --db "$db" >/dev/null || echo "finetune on the CPU failed: $?"
 sql "SELECT task, fraction, metric, round(mean, 4) AS mean FROM eval_summary
      WHERE checkpoint LIKE '%straight%' ORDER BY ALL"
+fi
+
+if want 7; then
+section "7. corpus build, ${build_notes[*]} notes, $(nproc) cores"
+timeout 240 python3 scripts/bench_build.py --bin "$ehrprep" --notes "${build_notes[@]}" \
+    --workdir "$work/bench-build" || echo "section 7 failed: $?"
 fi
 
 cp "$db" "$logs/smoke-catalog.duckdb" 2>/dev/null || true

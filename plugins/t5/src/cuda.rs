@@ -10,6 +10,13 @@
 /// Turns PyTorch's deterministic algorithms on for this process (an operation with no
 /// deterministic CUDA kernel then fails with PyTorch's error instead of running). Called
 /// when a CUDA device is chosen; the CPU kernels the plugin uses are deterministic anyway.
+///
+/// Deterministic mode also fills every newly allocated tensor with NaN by default
+/// (`torch.utils.deterministic.fill_uninitialized_memory`), a debugging aid that makes a
+/// read of unwritten memory visible. The plugin never makes a tensor with `empty` (each
+/// operation it calls writes its whole output), so the fill only costs time, most of all in
+/// decoding, where each step's small tensors are new allocations: it is turned off, and
+/// [`fill_uninitialized_memory`] turns it back on to measure or debug.
 pub fn deterministic_algorithms() {
     // SAFETY: `at::globalContext()` returns a reference to PyTorch's process-wide context,
     // which lives for the whole process; `Context::setDeterministicAlgorithms(bool, bool)`
@@ -21,6 +28,26 @@ pub fn deterministic_algorithms() {
     unsafe {
         let context = ffi::global_context();
         ffi::set_deterministic_algorithms(context, true, false);
+    }
+    fill_uninitialized_memory(false);
+}
+
+/// Whether deterministic mode fills new tensors before use (see [`deterministic_algorithms`]).
+pub fn fill_uninitialized_memory(on: bool) {
+    // SAFETY: as above; `setDeterministicFillUninitializedMemory(bool)` stores one flag.
+    #[allow(unsafe_code)]
+    unsafe {
+        ffi::set_fill_uninitialized_memory(ffi::global_context(), on);
+    }
+}
+
+/// Whether new tensors are filled in deterministic mode (what
+/// `torch.utils.deterministic.fill_uninitialized_memory` reports).
+pub fn fills_uninitialized_memory() -> bool {
+    // SAFETY: as above; a const member function that reads a flag.
+    #[allow(unsafe_code)]
+    unsafe {
+        ffi::fill_uninitialized_memory(ffi::global_context())
     }
 }
 
@@ -46,6 +73,10 @@ mod ffi {
         pub fn set_deterministic_algorithms(context: *mut c_void, on: bool, warn_only: bool);
         #[link_name = "_ZNK2at7Context23deterministicAlgorithmsEv"]
         pub fn deterministic_algorithms(context: *mut c_void) -> bool;
+        #[link_name = "_ZN2at7Context39setDeterministicFillUninitializedMemoryEb"]
+        pub fn set_fill_uninitialized_memory(context: *mut c_void, on: bool);
+        #[link_name = "_ZNK2at7Context36deterministicFillUninitializedMemoryEv"]
+        pub fn fill_uninitialized_memory(context: *mut c_void) -> bool;
     }
 }
 
@@ -56,8 +87,16 @@ mod tests {
     #[test]
     fn deterministic_algorithms_reach_pytorch() {
         // The flag torch.use_deterministic_algorithms sets.
+        assert!(fills_uninitialized_memory(), "PyTorch's default");
         deterministic_algorithms();
         assert!(deterministic_algorithms_enabled());
+        assert!(!fills_uninitialized_memory());
+        // torch.empty in deterministic mode with the fill on is all NaN; off, it is not filled.
+        let empty = || tch::Tensor::empty([64], (tch::Kind::Float, tch::Device::Cpu));
+        fill_uninitialized_memory(true);
+        assert!(fills_uninitialized_memory());
+        assert!(bool::try_from(empty().isnan().all()).unwrap());
+        fill_uninitialized_memory(false);
         // Deterministic mode changes no CPU result the plugin relies on: a product still
         // runs (and would fail here if the declarations did not match the library).
         let a = tch::Tensor::ones([4, 4], (tch::Kind::Float, tch::Device::Cpu));

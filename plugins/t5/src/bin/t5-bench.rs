@@ -10,6 +10,9 @@
 //! the id lists in a JSON file, in file order and batches of `--batch`; writes the outputs.
 //!   t5-bench --generate DIR --examples ids.json --out outputs.json [--beams 1]
 //!            [--max-new 32] [--batch 8] [--device cpu|cuda] [--threads N]
+//!
+//! `--fill-uninitialized` turns PyTorch's deterministic-mode fill of new tensors back on
+//! (the plugin turns it off on CUDA), to measure what it costs.
 
 use std::path::Path;
 use std::time::Instant;
@@ -46,6 +49,9 @@ fn main() {
         tch::set_num_threads(threads as i32);
     }
     let device = device_for(&arg("--device", "cpu")).unwrap_or_else(|e| fail(&e));
+    if args.iter().any(|a| a == "--fill-uninitialized") {
+        ehrprep_t5::cuda::fill_uninitialized_memory(true);
+    }
     if args.iter().any(|a| a == "--generate") {
         return generation(
             Path::new(&arg("--generate", "")),
