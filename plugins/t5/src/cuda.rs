@@ -32,7 +32,8 @@ pub fn deterministic_algorithms() {
     fill_uninitialized_memory(false);
 }
 
-/// Whether deterministic mode fills new tensors before use (see [`deterministic_algorithms`]).
+/// Sets whether deterministic mode fills new tensors before use (see
+/// [`deterministic_algorithms`]).
 pub fn fill_uninitialized_memory(on: bool) {
     // SAFETY: as above; `setDeterministicFillUninitializedMemory(bool)` stores one flag.
     #[allow(unsafe_code)]
@@ -91,7 +92,7 @@ mod tests {
         deterministic_algorithms();
         assert!(deterministic_algorithms_enabled());
         assert!(!fills_uninitialized_memory());
-        // torch.empty in deterministic mode with the fill on is all NaN; off, it is not filled.
+        // With the fill back on, torch.empty in deterministic mode is all NaN.
         let empty = || tch::Tensor::empty([64], (tch::Kind::Float, tch::Device::Cpu));
         fill_uninitialized_memory(true);
         assert!(fills_uninitialized_memory());
