@@ -418,14 +418,10 @@ mod tests {
         "[MISC]".into()
     }
 
-    fn lcg(seed: u64) -> impl FnMut(usize) -> usize {
-        let mut state = seed;
-        move |n| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as usize % n
-        }
+    /// Uniform picks in `0..n` from the crate's seeded generator.
+    fn picker(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut rng = crate::synth::Rng::new(seed);
+        move |n| rng.below(n as u64) as usize
     }
 
     #[test]
@@ -438,7 +434,7 @@ mod tests {
         let alphabet = [
             "[", "]", "*", "**", "[**", "**]", "[***", "***]", "a", " ", "\n", "é", &x40, &e40,
         ];
-        let mut pick = lcg(3);
+        let mut pick = picker(3);
         for _ in 0..20000 {
             let len = pick(14);
             let text: String = (0..len).map(|_| alphabet[pick(alphabet.len())]).collect();
@@ -475,7 +471,7 @@ mod tests {
             "Known", "lastname", "Name", "hospital", "1", "2151", "-", "/", "7", " ", "  ", "\n",
             "\t", "\u{a0}", "(", "é", "٣",
         ];
-        let mut pick = lcg(5);
+        let mut pick = picker(5);
         for _ in 0..20000 {
             let len = pick(7);
             let inner: String = (0..len).map(|_| alphabet[pick(alphabet.len())]).collect();
@@ -509,7 +505,7 @@ mod tests {
         let alphabet = [
             "a", "~", " ", "\t", "\n", "\n\n", "\r", "\u{a0}", "\u{85}", "\u{2003}", "é",
         ];
-        let mut pick = lcg(11);
+        let mut pick = picker(11);
         for _ in 0..20000 {
             let len = pick(16);
             let text: String = (0..len).map(|_| alphabet[pick(alphabet.len())]).collect();
@@ -539,7 +535,7 @@ mod tests {
             "JavaScript:parent",
             "_",
         ];
-        let mut pick = lcg(7);
+        let mut pick = picker(7);
         for _ in 0..5000 {
             let len = pick(12);
             let text: String = (0..len).map(|_| alphabet[pick(alphabet.len())]).collect();
