@@ -72,7 +72,8 @@ WHERE t.row_id NOT IN (SELECT row_id FROM stage_notes WHERE source = 'mimic-iii'
 SELECT ord, source, reason, note_id, subject_id, hadm_id, category FROM stage_reasons;
 
 -- name: begin_writing
--- note_decisions and corpus are written in one transaction (see normalize_and_decide).
+-- note_decisions and corpus are each written in one transaction, on a connection of its
+-- own (see normalize_and_decide); run on both.
 -- One DuckDB thread while they are: ehrprep's own threads read, normalize and append, and
 -- DuckDB's workers only spun beside them waiting for work (at 1,000,000 notes on two
 -- cores the stage used 10-20% less CPU with one, and its output is the same).
@@ -80,5 +81,9 @@ SET threads = 1;
 BEGIN TRANSACTION;
 
 -- name: finish_writing
+-- On each of the two writing connections, in parallel.
 COMMIT;
+
+-- name: done_writing
+-- Once both have committed.
 RESET threads;

@@ -448,15 +448,14 @@ fn normalize_and_decide(
     let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let batch = config.batch_notes.max(1) as i64;
-    // Two connections, as a connection runs one query at a time: this one streams the
-    // staged metadata (temporary tables are its own) and `writer` appends the results. The
-    // text comes from a second read of each file (`reread`).
-    let writer = conn
-        .try_clone()
-        .map_err(Error::catalog("writing decisions"))?;
-    writer
-        .execute_batch(CATALOG.get("settings"))
-        .map_err(Error::catalog("writing decisions"))?;
+    // Three connections, as a connection runs one query at a time: this one streams the
+    // staged metadata (temporary tables are its own), and `writers` append the results, one
+    // for each table, so that at the end the two commits compress their tables' last row
+    // groups side by side. The text comes from a second read of each file (`reread`).
+    let writers = [
+        open_writer(conn, "writing decisions")?,
+        open_writer(conn, "writing the corpus")?,
+    ];
     let mut text = TextReader::new(texts);
     let mut rows_stmt = conn
         .prepare(SELECT_PAPER.get("note_rows"))
@@ -477,12 +476,13 @@ fn normalize_and_decide(
                 .map(move |lo| (lo, (lo + batch).min(end)))
         })
         .collect();
-    // One transaction for the decisions and the corpus: the appenders flush every
-    // FLUSH_RANGES ranges into it (bounding what they buffer) and DuckDB writes the full row
-    // groups straight to the file; nothing is committed until every note is decided.
-    writer
-        .execute_batch(SELECT_PAPER.get("begin_writing"))
-        .map_err(Error::catalog("writing decisions"))?;
+    // One transaction for each table: the appenders flush every FLUSH_RANGES ranges into it
+    // (bounding what they buffer) and DuckDB writes the full row groups straight to the
+    // file; nothing is committed until every note is decided.
+    for w in &writers {
+        w.execute_batch(SELECT_PAPER.get("begin_writing"))
+            .map_err(Error::catalog("writing decisions"))?;
+    }
     // A pipeline of three: a writer thread appends decided ranges, a thread normalizes and
     // decides one range (in parallel), and this thread reads the next.
     let mut state = DecideState {
@@ -511,10 +511,10 @@ fn normalize_and_decide(
         with_text(notes, &text)
     };
     // Decided ranges, and then `None` once every note is decided; one range waits at most.
-    let (to_writer, decided_ranges) = std::sync::mpsc::sync_channel(1);
+    let (to_writer, decided_ranges) = std::sync::mpsc::sync_channel(3);
     let threshold = config.minhash.threshold;
     let (written, decided, roots) = std::thread::scope(|s| {
-        let writer = s.spawn(move || write_decisions(writer, decided_ranges));
+        let writer = s.spawn(move || write_decisions(writers, decided_ranges));
         // Whether the writer took every range (if not, its error is the one reported).
         let decided = (|| -> Result<bool> {
             let mut current = match ranges.first() {
@@ -559,7 +559,7 @@ fn normalize_and_decide(
         let written = crate::join(writer);
         (written, decided, roots)
     });
-    let writer = written?;
+    let writers = written?;
     decided?;
     // Nothing is committed unless both reads ended together.
     text.finish()?;
@@ -570,9 +570,15 @@ fn normalize_and_decide(
         });
     }
     let roots = roots?.unwrap_or_default();
-    writer
-        .execute_batch(SELECT_PAPER.get("finish_writing"))
+    let [decisions, corpus] = writers;
+    let committed = std::thread::scope(|s| {
+        let decisions = s.spawn(move || commit(decisions, "writing decisions"));
+        let corpus = commit(corpus, "writing the corpus");
+        crate::join(decisions).and(corpus)
+    });
+    conn.execute_batch(SELECT_PAPER.get("done_writing"))
         .map_err(Error::catalog("writing decisions"))?;
+    committed?;
     reporter.finish();
     Ok(Decided {
         stats,
@@ -581,18 +587,35 @@ fn normalize_and_decide(
     })
 }
 
-/// The writer thread: appends each decided range to `note_decisions` and `corpus`, and
-/// flushes at the end (`None`). Gives the connection back for the commit; if the ranges
-/// stop without `None`, the caller never commits and the transaction rolls back.
+/// A connection of its own for appending to one table, with the catalog's settings.
+fn open_writer(conn: &Connection, doing: &'static str) -> Result<Connection> {
+    let writer = conn.try_clone().map_err(Error::catalog(doing))?;
+    writer
+        .execute_batch(CATALOG.get("settings"))
+        .map_err(Error::catalog(doing))?;
+    Ok(writer)
+}
+
+/// Commits what `writer` appended; DuckDB compresses the table's last row group here.
+fn commit(writer: Connection, doing: &'static str) -> Result<()> {
+    writer
+        .execute_batch(SELECT_PAPER.get("finish_writing"))
+        .map_err(Error::catalog(doing))
+}
+
+/// The writer thread: appends each decided range to `note_decisions` (through the first
+/// connection) and `corpus` (the second), and flushes at the end (`None`). Gives the
+/// connections back for the commits; if the ranges stop without `None`, the caller never
+/// commits and the transactions roll back.
 fn write_decisions(
-    writer: Connection,
+    writers: [Connection; 2],
     ranges: std::sync::mpsc::Receiver<Option<Vec<Decisions>>>,
-) -> Result<Connection> {
+) -> Result<[Connection; 2]> {
     {
-        let mut decisions = writer
+        let mut decisions = writers[0]
             .appender("note_decisions")
             .map_err(Error::catalog("writing decisions"))?;
-        let mut kept = writer
+        let mut kept = writers[1]
             .appender("corpus")
             .map_err(Error::catalog("writing the corpus"))?;
         let flush = |decisions: &mut duckdb::Appender, kept: &mut duckdb::Appender| {
@@ -617,7 +640,7 @@ fn write_decisions(
             }
         }
     }
-    Ok(writer)
+    Ok(writers)
 }
 
 /// What deciding needs across ranges of notes; lent to the decision thread.
