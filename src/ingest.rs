@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::Connection;
 use regex::Regex;
@@ -154,11 +155,10 @@ pub fn ingest(
     reporter: &dyn Reporter,
 ) -> Result<(Vec<FileStats>, Vec<NoteText>)> {
     let mut files: Vec<(&Path, NoteFile)> = Vec::new();
+    let mut icustays = None;
     if let Some(m3) = &inputs.mimic3 {
         files.push((&m3.noteevents, NoteFile::Mimic3));
-        if let Some(icu) = &m3.icustays {
-            load_icustays(conn, icu)?;
-        }
+        icustays = m3.icustays.as_deref();
     }
     if let Some(m4) = &inputs.mimic4 {
         if let Some(p) = &m4.discharge {
@@ -171,44 +171,62 @@ pub fn ingest(
     for (path, kind) in &files {
         check_header(path, kind.columns(), true)?;
     }
-    create_readers(conn)?;
     // DuckDB decompresses gzip on one thread, several times slower than flate2 (see the
-    // README's measurements), so the next file is decompressed here while DuckDB parses
-    // the current one, and the second beside the first, which would otherwise leave a core
-    // idle.
+    // README's measurements), so the files are decompressed here, ahead of DuckDB: the
+    // first on a thread of its own (with the bar) while ICUSTAYS loads, the others one
+    // after another on a second thread, which runs while DuckDB parses the earlier ones.
+    // Every copy is kept until normalization reads it again, so decompressing ahead costs
+    // no more disk.
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let (mut stats, mut texts) = (Vec::new(), Vec::new());
-        let inflate = |i: usize| {
-            let &(path, _) = files.get(i)?;
-            Some(s.spawn(move || Plain::of(path, scratch, None)))
-        };
-        let mut next = inflate(1);
-        for (i, &(path, kind)) in files.iter().enumerate() {
-            let plain = if i == 0 {
-                // The first file's inflating gets the bar.
-                Plain::of(path, scratch, Some(reporter))?
-            } else {
-                let handle = next.take().expect("each file after the first is started");
-                let plain = crate::join(handle)?;
-                next = inflate(i + 1);
-                plain
-            };
-            let stamp = Stamp::of(plain.path(path))?;
-            let (file, first) = load_notes(conn, path, plain.path(path), kind, reporter)?;
-            texts.push(NoteText {
-                path: path.to_path_buf(),
-                data: plain,
-                kind,
-                first,
-                records: file.records,
-                stamp,
-            });
-            stats.push(file);
-        }
-        if let Some(handle) = next {
-            crate::join(handle)?;
-        }
-        Ok((stats, texts))
+        let mut head = files
+            .first()
+            .map(|&(path, _)| s.spawn(move || Plain::of(path, scratch, Some(reporter))));
+        let (inflated, rest) = std::sync::mpsc::channel();
+        let (files, stop) = (&files, &stop);
+        let later = s.spawn(move || {
+            for &(path, _) in files.iter().skip(1) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let plain = Plain::of(path, scratch, None);
+                let failed = plain.is_err();
+                if inflated.send(plain).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let loaded = (|| {
+            if let Some(icu) = icustays {
+                load_icustays(conn, icu)?;
+            }
+            create_readers(conn)?;
+            let (mut stats, mut texts) = (Vec::new(), Vec::new());
+            for &(path, kind) in files {
+                let plain = match head.take() {
+                    Some(handle) => crate::join(handle)?,
+                    // The thread sends each file's outcome, and stops only after an error.
+                    None => rest.recv().expect("each later file is sent")?,
+                };
+                let stamp = Stamp::of(plain.path(path))?;
+                let (file, first) = load_notes(conn, path, plain.path(path), kind, reporter)?;
+                texts.push(NoteText {
+                    path: path.to_path_buf(),
+                    data: plain,
+                    kind,
+                    first,
+                    records: file.records,
+                    stamp,
+                });
+                stats.push(file);
+            }
+            Ok((stats, texts))
+        })();
+        // After an error, the files not yet decompressed are not.
+        stop.store(true, Ordering::Relaxed);
+        drop(rest);
+        crate::join(later);
+        loaded
     })
 }
 

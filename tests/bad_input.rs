@@ -59,6 +59,50 @@ fn truncated_gzip() {
 }
 
 #[test]
+fn truncated_gzip_after_the_first_file() {
+    // Files are decompressed ahead of DuckDB; errors still come in file order.
+    let row = |id: &str, subject: &str| {
+        format!("{id},{subject},,DS,1,2180-01-01 00:00:00,,\"{SECRET}\"\n")
+    };
+    let rows = |kind: &str, last_subject: &str| {
+        let mut body = format!("{MIMIC4_HEADER}\n");
+        for i in 1..200 {
+            body += &row(&format!("1-{kind}-{i}"), "1");
+        }
+        body + &row(&format!("1-{kind}-200"), last_subject)
+    };
+    let truncated = |body: String| {
+        let gz = gzip(body.as_bytes());
+        gz[..gz.len() * 2 / 3].to_vec()
+    };
+
+    let d = Dir::new();
+    d.write(
+        "mimic/note/discharge.csv.gz",
+        gzip(rows("DS", "1").as_bytes()),
+    );
+    d.write("mimic/note/radiology.csv.gz", truncated(rows("RR", "1")));
+    let err = build_fails(&d);
+    assert!(
+        err.contains("radiology.csv.gz") && err.contains("gzip stream is truncated"),
+        "{err}"
+    );
+
+    // A bad field in the first file is reported, not the later file's broken stream.
+    let d = Dir::new();
+    d.write(
+        "mimic/note/discharge.csv.gz",
+        gzip(rows("DS", "one").as_bytes()),
+    );
+    d.write("mimic/note/radiology.csv.gz", truncated(rows("RR", "1")));
+    let err = build_fails(&d);
+    assert!(
+        err.contains("discharge.csv.gz") && err.contains("record 200"),
+        "{err}"
+    );
+}
+
+#[test]
 fn renamed_column() {
     let d = Dir::new();
     let header = mimic3_header().replace("SUBJECT_ID", "SUBJ_ID");
