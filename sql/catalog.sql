@@ -77,6 +77,7 @@ DROP TABLE IF EXISTS stage_icustays;
 DROP TABLE IF EXISTS stage_task_rows;
 DROP TABLE IF EXISTS stage_excluded;
 DROP TABLE IF EXISTS stage_reasons;
+DROP TABLE IF EXISTS stage_late;
 DROP TABLE IF EXISTS raw_file;
 
 -- name: insert_build_run

@@ -422,8 +422,10 @@ struct Decided {
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
 /// decides each note's reason. The notes' metadata and reasons stream once from the staging
 /// tables and their text from a second, streamed read of each file (`texts`), so the raw
-/// notes are never held in DuckDB; each range's rows of `note_decisions` and `corpus` are
-/// appended as Arrow batches straight away: the text is copied into the catalog once.
+/// notes are never held in DuckDB; each range's kept notes are appended to `corpus` as
+/// Arrow batches straight away, so the text is copied into the catalog once.
+/// `note_decisions` is written at the end by SQL from the staged metadata, with the
+/// reasons decided here for the few notes normalization drops.
 fn normalize_and_decide(
     conn: &Connection,
     texts: &[NoteText],
@@ -447,15 +449,17 @@ fn normalize_and_decide(
     };
     let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
+    let mut late = Vec::new();
     let batch = config.batch_notes.max(1) as i64;
-    // Three connections, as a connection runs one query at a time: this one streams the
-    // staged metadata (temporary tables are its own), and `writers` append the results, one
-    // for each table, so that at the end the two commits compress their tables' last row
-    // groups side by side. The text comes from a second read of each file (`reread`).
-    let writers = [
-        open_writer(conn, "writing decisions")?,
-        open_writer(conn, "writing the corpus")?,
-    ];
+    // Two connections, as a connection runs one query at a time: this one streams the
+    // staged metadata (temporary tables are its own), and `writer` appends the corpus. The
+    // text comes from a second read of each file (`reread`).
+    let writer = conn
+        .try_clone()
+        .map_err(Error::catalog("writing the corpus"))?;
+    writer
+        .execute_batch(CATALOG.get("settings"))
+        .map_err(Error::catalog("writing the corpus"))?;
     let mut text = TextReader::new(texts);
     let mut rows_stmt = conn
         .prepare(SELECT_PAPER.get("note_rows"))
@@ -476,22 +480,21 @@ fn normalize_and_decide(
                 .map(move |lo| (lo, (lo + batch).min(end)))
         })
         .collect();
-    // One transaction for each table: the appenders flush every FLUSH_RANGES ranges into it
-    // (bounding what they buffer) and DuckDB writes the full row groups straight to the
+    // One transaction for the corpus: the appender flushes every FLUSH_RANGES ranges into
+    // it (bounding what it buffers) and DuckDB writes the full row groups straight to the
     // file; nothing is committed until every note is decided.
-    for w in &writers {
-        w.execute_batch(SELECT_PAPER.get("begin_writing"))
-            .map_err(Error::catalog("writing decisions"))?;
-    }
+    writer
+        .execute_batch(SELECT_PAPER.get("begin_writing"))
+        .map_err(Error::catalog("writing the corpus"))?;
     // A pipeline of three: a writer thread appends decided ranges, a thread normalizes and
     // decides one range (in parallel), and this thread reads the next.
     let mut state = DecideState {
         config,
-        build_id,
         stats: &mut stats,
         sketches: &mut sketches,
         kept_chars: &mut kept_chars,
         seen: &mut seen,
+        late: &mut late,
         seq: 0,
     };
     let mut read = |(lo, hi): (i64, i64)| -> Result<Vec<RecordBatch>> {
@@ -514,7 +517,7 @@ fn normalize_and_decide(
     let (to_writer, decided_ranges) = std::sync::mpsc::sync_channel(3);
     let threshold = config.minhash.threshold;
     let (written, decided, roots) = std::thread::scope(|s| {
-        let writer = s.spawn(move || write_decisions(writers, decided_ranges));
+        let writer = s.spawn(move || write_corpus(writer, decided_ranges));
         // Whether the writer took every range (if not, its error is the one reported).
         let decided = (|| -> Result<bool> {
             let mut current = match ranges.first() {
@@ -529,7 +532,7 @@ fn normalize_and_decide(
                         current
                             .iter()
                             .map(|notes| state.decide(notes))
-                            .collect::<Result<Vec<Decisions>>>()
+                            .collect::<Result<Vec<KeptBatch>>>()
                     });
                     let next = following.map(&mut read);
                     (crate::join(worker), next)
@@ -559,7 +562,7 @@ fn normalize_and_decide(
         let written = crate::join(writer);
         (written, decided, roots)
     });
-    let writers = written?;
+    let writer = written?;
     decided?;
     // Nothing is committed unless both reads ended together.
     text.finish()?;
@@ -570,14 +573,21 @@ fn normalize_and_decide(
         });
     }
     let roots = roots?.unwrap_or_default();
-    let [decisions, corpus] = writers;
-    let committed = std::thread::scope(|s| {
-        let decisions = s.spawn(move || commit(decisions, "writing decisions"));
-        let corpus = commit(corpus, "writing the corpus");
-        crate::join(decisions).and(corpus)
-    });
+    drop(rows);
+    drop(rows_stmt);
     conn.execute_batch(SELECT_PAPER.get("done_writing"))
         .map_err(Error::catalog("writing decisions"))?;
+    // The corpus commit compresses its last row group while `note_decisions` is written
+    // here, from the staged metadata and the reasons decided above.
+    let committed = std::thread::scope(|s| {
+        let corpus = s.spawn(move || {
+            writer
+                .execute_batch(SELECT_PAPER.get("finish_writing"))
+                .map_err(Error::catalog("writing the corpus"))
+        });
+        let decisions = write_decisions(conn, build_id, &late);
+        crate::join(corpus).and(decisions)
+    });
     committed?;
     reporter.finish();
     Ok(Decided {
@@ -587,98 +597,86 @@ fn normalize_and_decide(
     })
 }
 
-/// A connection of its own for appending to one table, with the catalog's settings.
-fn open_writer(conn: &Connection, doing: &'static str) -> Result<Connection> {
-    let writer = conn.try_clone().map_err(Error::catalog(doing))?;
-    writer
-        .execute_batch(CATALOG.get("settings"))
-        .map_err(Error::catalog(doing))?;
-    Ok(writer)
-}
-
-/// Commits what `writer` appended; DuckDB compresses the table's last row group here.
-fn commit(writer: Connection, doing: &'static str) -> Result<()> {
-    writer
-        .execute_batch(SELECT_PAPER.get("finish_writing"))
-        .map_err(Error::catalog(doing))
-}
-
-/// The writer thread: appends each decided range to `note_decisions` (through the first
-/// connection) and `corpus` (the second), and flushes at the end (`None`). Gives the
-/// connections back for the commits; if the ranges stop without `None`, the caller never
-/// commits and the transactions roll back.
-fn write_decisions(
-    writers: [Connection; 2],
-    ranges: std::sync::mpsc::Receiver<Option<Vec<Decisions>>>,
-) -> Result<[Connection; 2]> {
+/// The writer thread: appends each decided range to `corpus`, and flushes at the end
+/// (`None`). Gives the connection back for the commit; if the ranges stop without `None`,
+/// the caller never commits and the transaction rolls back.
+fn write_corpus(
+    writer: Connection,
+    ranges: std::sync::mpsc::Receiver<Option<Vec<KeptBatch>>>,
+) -> Result<Connection> {
     {
-        let mut decisions = writers[0]
-            .appender("note_decisions")
-            .map_err(Error::catalog("writing decisions"))?;
-        let mut kept = writers[1]
+        let mut kept = writer
             .appender("corpus")
             .map_err(Error::catalog("writing the corpus"))?;
-        let flush = |decisions: &mut duckdb::Appender, kept: &mut duckdb::Appender| {
-            decisions
-                .flush()
-                .map_err(Error::catalog("writing decisions"))?;
-            kept.flush().map_err(Error::catalog("writing the corpus"))
-        };
         let mut unflushed = 0;
         while let Ok(range) = ranges.recv() {
             let Some(range) = range else {
-                flush(&mut decisions, &mut kept)?;
+                kept.flush().map_err(Error::catalog("writing the corpus"))?;
                 break;
             };
-            for d in &range {
-                d.append(&mut decisions, &mut kept)?;
+            for batch in range {
+                kept.append_record_batch(batch.kept)
+                    .map_err(Error::catalog("writing the corpus"))?;
             }
             unflushed += 1;
             if unflushed == FLUSH_RANGES {
                 unflushed = 0;
-                flush(&mut decisions, &mut kept)?;
+                kept.flush().map_err(Error::catalog("writing the corpus"))?;
             }
         }
     }
-    Ok(writers)
+    Ok(writer)
+}
+
+/// Writes `note_decisions` in build order: the set rules' reasons from the staged metadata,
+/// then `late`, the reasons decided on normalized text (every other note was kept).
+fn write_decisions(conn: &Connection, build_id: &str, late: &[(i64, Reason)]) -> Result<()> {
+    let doing = || Error::catalog("writing decisions");
+    conn.execute_batch(SELECT_PAPER.get("late_reasons"))
+        .map_err(doing())?;
+    {
+        let ords: Int64Array = late.iter().map(|&(ord, _)| ord).collect();
+        let reasons: StringArray = late.iter().map(|&(_, r)| Some(r.as_str())).collect();
+        let batch = RecordBatch::try_from_iter([
+            ("ord", Arc::new(ords) as ArrayRef),
+            ("reason", Arc::new(reasons) as ArrayRef),
+        ])
+        .expect("columns of one length");
+        let mut appender = conn.appender("stage_late").map_err(doing())?;
+        appender.append_record_batch(batch).map_err(doing())?;
+    }
+    conn.execute_batch(SELECT_PAPER.get("apply_late_reasons"))
+        .map_err(doing())?;
+    conn.execute(SELECT_PAPER.get("insert_decisions"), [build_id])
+        .map_err(doing())?;
+    Ok(())
 }
 
 /// What deciding needs across ranges of notes; lent to the decision thread.
 struct DecideState<'a> {
     config: &'a BuildConfig,
-    build_id: &'a str,
     stats: &'a mut BuildStats,
     /// The kept notes' MinHash sketches, with near-duplicate detection.
     sketches: &'a mut Option<SketchSpill>,
     /// Characters of each sketched note, for the near duplicates' count.
     kept_chars: &'a mut Vec<u64>,
     seen: &'a mut HashSet<u128>,
+    /// The notes dropped here (empty, exact duplicates), by `ord`, in build order.
+    late: &'a mut Vec<(i64, Reason)>,
     /// The next kept note's `seq`.
     seq: i64,
 }
 
-/// One Arrow batch's outcome, ready to append: a `note_decisions` row for every note, and
-/// `corpus` rows for the kept ones.
-struct Decisions {
+/// One Arrow batch's outcome, ready to append: `corpus` rows for the kept notes.
+struct KeptBatch {
     note_count: u64,
-    decisions: RecordBatch,
     kept: RecordBatch,
-}
-
-impl Decisions {
-    fn append(&self, decisions: &mut duckdb::Appender, kept: &mut duckdb::Appender) -> Result<()> {
-        decisions
-            .append_record_batch(self.decisions.clone())
-            .map_err(Error::catalog("writing decisions"))?;
-        kept.append_record_batch(self.kept.clone())
-            .map_err(Error::catalog("writing the corpus"))
-    }
 }
 
 impl DecideState<'_> {
     /// Normalizes one batch of notes in parallel, then decides each note's reason in build
     /// order and sketches the kept notes.
-    fn decide(&mut self, notes: &RecordBatch) -> Result<Decisions> {
+    fn decide(&mut self, notes: &RecordBatch) -> Result<KeptBatch> {
         let config = self.config;
         let notes = NoteBatch::new(notes)?;
         // Each note's raw characters (for the statistics), and its normalized form if no
@@ -699,7 +697,6 @@ impl DecideState<'_> {
             })
             .collect();
 
-        let mut reasons = Vec::with_capacity(notes.len());
         let (mut kept_seq, mut kept_rows, mut kept_text) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (raw_chars, norm)) in normalized.into_iter().enumerate() {
             let reason = match (notes.reason(i), &norm) {
@@ -723,7 +720,9 @@ impl DecideState<'_> {
                 }
                 _ => self.stats.add(reason, raw_chars),
             }
-            reasons.push(reason.as_str());
+            if matches!(reason, Reason::Empty | Reason::ExactDuplicate) {
+                self.late.push((notes.ord(i), reason));
+            }
         }
         // MinHash sketches of the kept notes, in parallel while their text is in memory,
         // so de-duplication never reads the corpus back.
@@ -734,23 +733,12 @@ impl DecideState<'_> {
                 .collect();
             kept_sketches.iter().try_for_each(|s| spill.push(s))?;
         }
-        let build_id: ArrayRef = Arc::new(StringArray::from(vec![self.build_id; notes.len()]));
         let [source, note_id, subject_id, hadm_id, category] = notes.metadata();
         let kept_rows = UInt32Array::from(kept_rows);
         let kept_meta = |a: &ArrayRef| take(a, &kept_rows, None).expect("rows of this batch");
         // Column order as in sql/catalog.sql.
-        Ok(Decisions {
+        Ok(KeptBatch {
             note_count: notes.len() as u64,
-            decisions: RecordBatch::try_from_iter([
-                ("build_id", build_id),
-                ("source", source.clone()),
-                ("note_id", note_id.clone()),
-                ("subject_id", subject_id.clone()),
-                ("hadm_id", hadm_id.clone()),
-                ("category", category.clone()),
-                ("reason", Arc::new(StringArray::from(reasons)) as ArrayRef),
-            ])
-            .expect("columns of one length"),
             kept: RecordBatch::try_from_iter([
                 ("seq", Arc::new(Int64Array::from(kept_seq)) as ArrayRef),
                 ("note_id", kept_meta(note_id)),
@@ -927,6 +915,7 @@ fn with_text(notes: Vec<RecordBatch>, text: &StringArray) -> Result<Vec<RecordBa
 
 /// The columns of `note_rows` batches, with the text last.
 struct NoteBatch<'a> {
+    ord: &'a Int64Array,
     source: &'a StringArray,
     reason: &'a StringArray,
     text: &'a StringArray,
@@ -950,6 +939,7 @@ impl<'a> NoteBatch<'a> {
                 })
         }
         Ok(NoteBatch {
+            ord: column(batch, 0)?,
             source: column(batch, 1)?,
             reason: column(batch, 2)?,
             metadata: {
@@ -969,6 +959,11 @@ impl<'a> NoteBatch<'a> {
 
     fn metadata(&self) -> [&'a ArrayRef; 5] {
         self.metadata
+    }
+
+    /// A note's place in the build.
+    fn ord(&self, i: usize) -> i64 {
+        self.ord.value(i)
     }
 
     fn source(&self, i: usize) -> Source {
