@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
 use memchr::memmem;
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 
 use crate::Source;
@@ -122,9 +122,11 @@ static DATE_LIKE: LazyLock<Regex> = LazyLock::new(|| {
 
 static WHITESPACE_RUN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid regex"));
 
-/// Context right before a MIMIC-IV `___` that tells its type unambiguously.
-static IV_BEFORE: LazyLock<[(Regex, &'static str); 5]> = LazyLock::new(|| {
-    [
+/// Context right before a MIMIC-IV `___` that tells its type unambiguously; the first
+/// rule that matches wins. One set, searched once: `___` is common in MIMIC-IV, and five
+/// separate searches of the same few bytes cost normalization a tenth of its time.
+static IV_BEFORE: LazyLock<(RegexSet, [&'static str; 5])> = LazyLock::new(|| {
+    let rules = [
         (
             r"(?i)(?:\bname|\battending|\bdictated by|\bsigned by):\s*$",
             "[Name]",
@@ -139,8 +141,11 @@ static IV_BEFORE: LazyLock<[(Regex, &'static str); 5]> = LazyLock::new(|| {
             "[#]",
         ),
         (r"(?i)\bage:\s*$", "[Age]"),
-    ]
-    .map(|(re, tag)| (Regex::new(re).expect("valid regex"), tag))
+    ];
+    (
+        RegexSet::new(rules.map(|(re, _)| re)).expect("valid regexes"),
+        rules.map(|(_, tag)| tag),
+    )
 });
 
 /// Context right after a MIMIC-IV `___`.
@@ -380,10 +385,13 @@ fn mimic4_tag(text: &str, start: usize, end: usize) -> &'static str {
     let after_end = floor_char_boundary(text, (end + CONTEXT_BYTES).min(text.len()));
     let after = &text[end..after_end];
     let after = after.split('\n').next().unwrap_or(after);
-    IV_BEFORE
+    let (before_rules, before_tags) = &*IV_BEFORE;
+    if let Some(rule) = before_rules.matches(before).iter().next() {
+        return before_tags[rule];
+    }
+    IV_AFTER
         .iter()
-        .find(|(re, _)| re.is_match(before))
-        .or_else(|| IV_AFTER.iter().find(|(re, _)| re.is_match(after)))
+        .find(|(re, _)| re.is_match(after))
         .map_or("[MISC]", |(_, tag)| tag)
 }
 
