@@ -497,29 +497,33 @@ fn normalize_and_decide(
         late: &mut late,
         seq: 0,
     };
-    let mut read = |(lo, hi): (i64, i64)| -> Result<Vec<RecordBatch>> {
-        let notes = rows.take((hi - lo) as usize)?;
-        let mut expected = lo..;
-        let in_order = notes.iter().all(|b| {
-            let ords = b.column(0).as_any().downcast_ref::<Int64Array>();
-            ords.is_some_and(|o| o.values().iter().all(|&v| Some(v) == expected.next()))
-        });
-        if !in_order || expected.next() != Some(hi) {
-            return Err(Error::Catalog {
-                doing: "reading notes".into(),
-                message: format!("staged notes {lo}..{hi} did not come back in build order"),
-            });
-        }
-        let text = text.take((hi - lo) as usize, &notes)?;
-        with_text(notes, &text)
-    };
-    // Decided ranges, and then `None` once every note is decided; one range waits at most.
+    // Decided ranges, then `Commit` once every note is decided and both reads ended
+    // together; at most three ranges wait.
     let (to_writer, decided_ranges) = std::sync::mpsc::sync_channel(3);
     let threshold = config.minhash.threshold;
-    let (written, decided, roots) = std::thread::scope(|s| {
+    let (written, finished) = std::thread::scope(|s| {
         let writer = s.spawn(move || write_corpus(writer, decided_ranges));
-        // Whether the writer took every range (if not, its error is the one reported).
-        let decided = (|| -> Result<bool> {
+        // The clusters, or `None` if the writer stopped taking ranges (its error is the
+        // one reported).
+        let finished = (|| -> Result<Option<Vec<usize>>> {
+            let mut read = |(lo, hi): (i64, i64)| -> Result<Vec<RecordBatch>> {
+                let notes = rows.take((hi - lo) as usize)?;
+                let mut expected = lo..;
+                let in_order = notes.iter().all(|b| {
+                    let ords = b.column(0).as_any().downcast_ref::<Int64Array>();
+                    ords.is_some_and(|o| o.values().iter().all(|&v| Some(v) == expected.next()))
+                });
+                if !in_order || expected.next() != Some(hi) {
+                    return Err(Error::Catalog {
+                        doing: "reading notes".into(),
+                        message: format!(
+                            "staged notes {lo}..{hi} did not come back in build order"
+                        ),
+                    });
+                }
+                let text = text.take((hi - lo) as usize, &notes)?;
+                with_text(notes, &text)
+            };
             let mut current = match ranges.first() {
                 Some(&range) => read(range)?,
                 None => Vec::new(),
@@ -540,55 +544,51 @@ fn normalize_and_decide(
                 // Errors in the sequential order: decide this range, read the next.
                 let decided = decided?;
                 let notes: u64 = decided.iter().map(|d| d.note_count).sum();
-                if to_writer.send(Some(decided)).is_err() {
-                    return Ok(false);
+                if to_writer.send(ToWriter::Range(decided)).is_err() {
+                    return Ok(None);
                 }
                 reporter.advance(notes);
                 current = next.transpose()?.unwrap_or_default();
             }
-            // The writer flushes; DuckDB compresses the corpus as it does, while the
-            // clusters are found here from the sketches alone.
-            Ok(to_writer.send(None).is_ok())
-        })();
-        drop(to_writer);
-        let roots = match decided {
-            Ok(true) => state
+            // Nothing is committed unless both reads ended together.
+            text.finish()?;
+            if !rows.take(1)?.is_empty() {
+                return Err(Error::Catalog {
+                    doing: "reading notes".into(),
+                    message: "more staged notes than the files hold".into(),
+                });
+            }
+            drop(rows);
+            if to_writer.send(ToWriter::Commit).is_err() {
+                return Ok(None);
+            }
+            // From here three things run side by side: the writer's last flush and commit
+            // (DuckDB compresses the corpus's last row groups), the clusters, found from
+            // the sketches alone, and `note_decisions`, written here from the staged
+            // metadata and the reasons decided above.
+            let clusters = state
                 .sketches
                 .take()
-                .map(|s| s.clusters(threshold))
-                .transpose(),
-            Ok(false) | Err(_) => Ok(None),
-        };
-        let written = crate::join(writer);
-        (written, decided, roots)
+                .map(|sketches| s.spawn(move || sketches.clusters(threshold)));
+            let late = std::mem::take(state.late);
+            // DuckDB's threads are back for note_decisions, whose row groups it compresses
+            // in parallel.
+            let decisions = conn
+                .execute_batch(SELECT_PAPER.get("done_writing"))
+                .map_err(Error::catalog("writing decisions"))
+                .and_then(|()| write_decisions(conn, build_id, &late));
+            let roots = clusters.map(crate::join).transpose();
+            decisions?;
+            Ok(Some(roots?.unwrap_or_default()))
+        })();
+        drop(to_writer);
+        (crate::join(writer), finished)
     });
-    let writer = written?;
-    decided?;
-    // Nothing is committed unless both reads ended together.
-    text.finish()?;
-    if !rows.take(1)?.is_empty() {
-        return Err(Error::Catalog {
-            doing: "reading notes".into(),
-            message: "more staged notes than the files hold".into(),
-        });
-    }
-    let roots = roots?.unwrap_or_default();
-    drop(rows);
-    drop(rows_stmt);
-    conn.execute_batch(SELECT_PAPER.get("done_writing"))
-        .map_err(Error::catalog("writing decisions"))?;
-    // The corpus commit compresses its last row group while `note_decisions` is written
-    // here, from the staged metadata and the reasons decided above.
-    let committed = std::thread::scope(|s| {
-        let corpus = s.spawn(move || {
-            writer
-                .execute_batch(SELECT_PAPER.get("finish_writing"))
-                .map_err(Error::catalog("writing the corpus"))
-        });
-        let decisions = write_decisions(conn, build_id, &late);
-        crate::join(corpus).and(decisions)
-    });
-    committed?;
+    written?;
+    let roots = finished?.ok_or_else(|| Error::Catalog {
+        doing: "writing the corpus".into(),
+        message: "the corpus writer stopped early".into(),
+    })?;
     reporter.finish();
     Ok(Decided {
         stats,
@@ -597,35 +597,43 @@ fn normalize_and_decide(
     })
 }
 
-/// The writer thread: appends each decided range to `corpus`, and flushes at the end
-/// (`None`). Gives the connection back for the commit; if the ranges stop without `None`,
-/// the caller never commits and the transaction rolls back.
-fn write_corpus(
-    writer: Connection,
-    ranges: std::sync::mpsc::Receiver<Option<Vec<KeptBatch>>>,
-) -> Result<Connection> {
-    {
-        let mut kept = writer
-            .appender("corpus")
-            .map_err(Error::catalog("writing the corpus"))?;
-        let mut unflushed = 0;
-        while let Ok(range) = ranges.recv() {
-            let Some(range) = range else {
+/// What the writer thread is sent.
+enum ToWriter {
+    /// A decided range's kept notes.
+    Range(Vec<KeptBatch>),
+    /// Every note is decided and both reads ended together: flush and commit.
+    Commit,
+}
+
+/// The writer thread: appends each decided range to `corpus`, and flushes and commits on
+/// `Commit`. If the ranges stop without it, the transaction rolls back with `writer`.
+fn write_corpus(writer: Connection, ranges: std::sync::mpsc::Receiver<ToWriter>) -> Result<()> {
+    let mut kept = writer
+        .appender("corpus")
+        .map_err(Error::catalog("writing the corpus"))?;
+    let mut unflushed = 0;
+    while let Ok(message) = ranges.recv() {
+        let range = match message {
+            ToWriter::Range(range) => range,
+            ToWriter::Commit => {
                 kept.flush().map_err(Error::catalog("writing the corpus"))?;
-                break;
-            };
-            for batch in range {
-                kept.append_record_batch(batch.kept)
-                    .map_err(Error::catalog("writing the corpus"))?;
+                drop(kept);
+                return writer
+                    .execute_batch(SELECT_PAPER.get("finish_writing"))
+                    .map_err(Error::catalog("writing the corpus"));
             }
-            unflushed += 1;
-            if unflushed == FLUSH_RANGES {
-                unflushed = 0;
-                kept.flush().map_err(Error::catalog("writing the corpus"))?;
-            }
+        };
+        for batch in range {
+            kept.append_record_batch(batch.kept)
+                .map_err(Error::catalog("writing the corpus"))?;
+        }
+        unflushed += 1;
+        if unflushed == FLUSH_RANGES {
+            unflushed = 0;
+            kept.flush().map_err(Error::catalog("writing the corpus"))?;
         }
     }
-    Ok(writer)
+    Ok(())
 }
 
 /// Writes `note_decisions` in build order: the set rules' reasons from the staged metadata,
