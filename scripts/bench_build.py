@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Corpus build benchmark: `ehrprep build --no-shards` (the corpus stage), with and without
 near-duplicate detection (the reference does none), beside the Python reference (pandas +
-re) on the same synthetic corpus, in the same run. Reports notes/s, MB/s of raw text and
-peak RSS, and the ratios. Not a test: run it by hand, and put its output in the README.
+re) on the same synthetic corpus, in the same run. Each of the three runs `--repeat` times,
+in turn, and the median time counts (a single run moves by 20% on a shared machine).
+Reports notes/s, MB/s of raw text and peak RSS (the largest of the runs), and the ratios.
+Not a test: run it by hand, and put its output in the README.
 
-Usage: bench_build.py [--notes N ...] [--bin target/.../ehrprep] [--workdir DIR]
+Usage: bench_build.py [--notes N ...] [--repeat R] [--bin target/.../ehrprep] [--workdir DIR]
 Needs pandas for the reference (pip install pandas).
 """
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ def main():
     ap.add_argument("--notes", type=int, nargs="+", default=[50_000, 200_000])
     ap.add_argument("--bin", default=None)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", "target")
     binary = args.bin or os.path.join(target, "debug", "ehrprep")
@@ -57,18 +61,26 @@ def main():
             subprocess.run([binary, "synth", "--out", synth, "--notes", str(n), "--seed", "7"],
                            check=True, stdout=subprocess.DEVNULL)
         mb = raw_mb(synth)
-        results = {}
         build = [binary, "build", "--mimic-dir", synth, "--out",
                  os.path.join(work, f"out-{n}"), "--force", "--quiet", "--no-shards"]
-        for tool, cmd in [
+        tools = [
             ("ehrprep", build),
             ("no-neardup", build + ["--no-near-duplicates"]),
             ("python", [sys.executable, os.path.join(here, "reference_build.py"), synth,
                         os.path.join(work, f"ref-{n}")]),
-        ]:
-            secs, rss = run(cmd)
+        ]
+        runs = {tool: [] for tool, _ in tools}
+        for _ in range(args.repeat):
+            for tool, cmd in tools:
+                runs[tool].append(run(cmd))
+        results = {}
+        for tool, _ in tools:
+            secs = statistics.median(s for s, _ in runs[tool])
+            rss = max(r for _, r in runs[tool])
             results[tool] = (secs, rss)
-            print(f"{n:>8} {tool:>10} {secs:>8.2f} {n / secs:>9.0f} {mb / secs:>6.1f} {rss:>9.0f}")
+            each = " ".join(f"{s:.2f}" for s, _ in runs[tool])
+            print(f"{n:>8} {tool:>10} {secs:>8.2f} {n / secs:>9.0f} {mb / secs:>6.1f} {rss:>9.0f}"
+                  f"   runs: {each}")
         ps, pr = results["python"]
         for tool in ("ehrprep", "no-neardup"):
             es, er = results[tool]

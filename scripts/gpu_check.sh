@@ -148,7 +148,7 @@ fi
 
 if want 7; then
 section "7. corpus build, ${build_notes[*]} notes, $(nproc) cores"
-timeout 240 python3 scripts/bench_build.py --bin "$ehrprep" --notes "${build_notes[@]}" \
+timeout 420 python3 scripts/bench_build.py --bin "$ehrprep" --notes "${build_notes[@]}" \
     --workdir "$work/bench-build" || echo "section 7 failed: $?"
 fi
 
