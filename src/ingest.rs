@@ -177,19 +177,19 @@ pub fn ingest(
     // after another on a second thread, which runs while DuckDB parses the earlier ones.
     // Every copy is kept until normalization reads it again, so decompressing ahead costs
     // no more disk.
-    let stop = AtomicBool::new(false);
+    let stop = &AtomicBool::new(false);
     std::thread::scope(|s| {
         let mut head = files
             .first()
-            .map(|&(path, _)| s.spawn(move || Plain::of(path, scratch, Some(reporter))));
+            .map(|&(path, _)| s.spawn(move || Plain::of(path, scratch, Some(reporter), stop)));
         let (inflated, rest) = std::sync::mpsc::channel();
-        let (files, stop) = (&files, &stop);
+        let files = &files;
         let later = s.spawn(move || {
             for &(path, _) in files.iter().skip(1) {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let plain = Plain::of(path, scratch, None);
+                let plain = Plain::of(path, scratch, None, stop);
                 let failed = plain.is_err();
                 if inflated.send(plain).is_err() || failed {
                     break;
@@ -222,7 +222,7 @@ pub fn ingest(
             }
             Ok((stats, texts))
         })();
-        // After an error, the files not yet decompressed are not.
+        // After an error, decompression stops where it is.
         stop.store(true, Ordering::Relaxed);
         drop(rest);
         crate::join(later);
@@ -235,7 +235,13 @@ struct Plain(Option<PathBuf>);
 
 impl Plain {
     /// Decompresses `path` into `scratch`, showing progress on `reporter` if given.
-    fn of(path: &Path, scratch: &Path, reporter: Option<&dyn Reporter>) -> Result<Plain> {
+    /// `stop` ends the decompression early (with an error nobody reports).
+    fn of(
+        path: &Path,
+        scratch: &Path,
+        reporter: Option<&dyn Reporter>,
+        stop: &AtomicBool,
+    ) -> Result<Plain> {
         if !is_gzip(path) {
             return Ok(Plain(None));
         }
@@ -251,7 +257,7 @@ impl Plain {
                 "bytes",
             );
         }
-        let inflated = inflate(path, &copy, reporter);
+        let inflated = inflate(path, &copy, reporter, stop);
         if let Some(r) = reporter {
             r.finish();
         }
@@ -265,7 +271,12 @@ impl Plain {
 }
 
 /// Writes the decompressed `path` to `copy`, owner-only.
-fn inflate(path: &Path, copy: &Path, reporter: Option<&dyn Reporter>) -> Result<()> {
+fn inflate(
+    path: &Path,
+    copy: &Path,
+    reporter: Option<&dyn Reporter>,
+    stop: &AtomicBool,
+) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -281,6 +292,12 @@ fn inflate(path: &Path, copy: &Path, reporter: Option<&dyn Reporter>) -> Result<
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Invalid(format!(
+                "decompressing `{}` stopped after an earlier error",
+                path.display()
+            )));
+        }
         let n = match gz.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -621,7 +638,7 @@ mod tests {
         let scratch = dir.path().join("scratch");
 
         let recorder = Recorder::default();
-        let plain = Plain::of(&path, &scratch, Some(&recorder)).unwrap();
+        let plain = Plain::of(&path, &scratch, Some(&recorder), &AtomicBool::new(false)).unwrap();
         let copy = scratch.join("NOTEEVENTS.csv");
         assert_eq!(plain.path(&path), copy);
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), body);
@@ -651,7 +668,7 @@ mod tests {
         // Cut short: an error naming the file, the bar finished, no copy left.
         std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
         let recorder = Recorder::default();
-        let err = Plain::of(&path, &scratch, Some(&recorder))
+        let err = Plain::of(&path, &scratch, Some(&recorder), &AtomicBool::new(false))
             .err()
             .unwrap()
             .to_string();
@@ -662,10 +679,19 @@ mod tests {
         assert_eq!(recorder.0.lock().unwrap().last().unwrap(), "finish");
         assert!(!copy.exists());
 
+        // Stopped (another file failed): an error, no copy left.
+        std::fs::write(&path, &gz).unwrap();
+        assert!(Plain::of(&path, &scratch, None, &AtomicBool::new(true)).is_err());
+        assert!(!copy.exists());
+
         // A plain file is read where it is.
         let csv = dir.path().join("radiology.csv");
         std::fs::write(&csv, "x").unwrap();
-        assert_eq!(Plain::of(&csv, &scratch, None).unwrap().path(&csv), csv);
+        let go = AtomicBool::new(false);
+        assert_eq!(
+            Plain::of(&csv, &scratch, None, &go).unwrap().path(&csv),
+            csv
+        );
     }
 
     #[test]
