@@ -996,9 +996,11 @@ impl<'a> NoteBatch<'a> {
     }
 }
 
+/// The exact-duplicate key: a 128-bit xxh3 of the normalized text. It never leaves the
+/// build, so it need not be cryptographic, only wide enough that millions of notes do not
+/// collide (about 10^-25 for MIMIC's 4.7 million); SHA-256 took three times as long.
 fn digest128(text: &str) -> u128 {
-    let d = Sha256::digest(text.as_bytes());
-    u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
 #[cfg(test)]
