@@ -58,44 +58,43 @@ fn truncated_gzip() {
     );
 }
 
+/// A MIMIC-IV discharge-style record whose text is the secret.
+fn m4_row(id: &str, subject: &str) -> String {
+    format!("{id},{subject},,DS,1,2180-01-01 00:00:00,,\"{SECRET}\"\n")
+}
+
 #[test]
 fn truncated_gzip_after_the_first_file() {
-    // Files are decompressed ahead of DuckDB; errors still come in file order.
-    let row = |id: &str, subject: &str| {
-        format!("{id},{subject},,DS,1,2180-01-01 00:00:00,,\"{SECRET}\"\n")
-    };
-    let rows = |kind: &str, last_subject: &str| {
-        let mut body = format!("{MIMIC4_HEADER}\n");
-        for i in 1..200 {
-            body += &row(&format!("1-{kind}-{i}"), "1");
-        }
-        body + &row(&format!("1-{kind}-200"), last_subject)
-    };
-    let truncated = |body: String| {
-        let gz = gzip(body.as_bytes());
-        gz[..gz.len() * 2 / 3].to_vec()
+    // Files are decompressed ahead of DuckDB; errors still come in file order. Two hundred
+    // records a file, the last with subject `last_subject`; radiology's gzip cut short.
+    let fails_with = |last_subject: &str| {
+        let rows = |kind: &str, last: &str| {
+            let mut body = format!("{MIMIC4_HEADER}\n");
+            for i in 1..200 {
+                body += &m4_row(&format!("1-{kind}-{i}"), "1");
+            }
+            body + &m4_row(&format!("1-{kind}-200"), last)
+        };
+        let radiology = gzip(rows("RR", "1").as_bytes());
+        let d = Dir::new();
+        d.write(
+            "mimic/note/discharge.csv.gz",
+            gzip(rows("DS", last_subject).as_bytes()),
+        );
+        d.write(
+            "mimic/note/radiology.csv.gz",
+            &radiology[..radiology.len() * 2 / 3],
+        );
+        build_fails(&d)
     };
 
-    let d = Dir::new();
-    d.write(
-        "mimic/note/discharge.csv.gz",
-        gzip(rows("DS", "1").as_bytes()),
-    );
-    d.write("mimic/note/radiology.csv.gz", truncated(rows("RR", "1")));
-    let err = build_fails(&d);
+    let err = fails_with("1");
     assert!(
         err.contains("radiology.csv.gz") && err.contains("gzip stream is truncated"),
         "{err}"
     );
-
     // A bad field in the first file is reported, not the later file's broken stream.
-    let d = Dir::new();
-    d.write(
-        "mimic/note/discharge.csv.gz",
-        gzip(rows("DS", "one").as_bytes()),
-    );
-    d.write("mimic/note/radiology.csv.gz", truncated(rows("RR", "1")));
-    let err = build_fails(&d);
+    let err = fails_with("one");
     assert!(
         err.contains("discharge.csv.gz") && err.contains("record 200"),
         "{err}"
@@ -178,20 +177,17 @@ fn bad_timestamp_and_repeated_row_id() {
 fn records_are_counted_within_their_own_file() {
     // The bad record is the third of the second MIMIC-IV file, after a gzipped first.
     let d = Dir::new();
-    let row = |id: &str, subject: &str| {
-        format!("{id},{subject},,DS,1,2180-01-01 00:00:00,,\"{SECRET}\"\n")
-    };
     let discharge = format!(
         "{MIMIC4_HEADER}\n{}{}",
-        row("1-DS-1", "1"),
-        row("1-DS-2", "1")
+        m4_row("1-DS-1", "1"),
+        m4_row("1-DS-2", "1")
     );
     d.write("mimic/note/discharge.csv.gz", gzip(discharge.as_bytes()));
     let radiology = format!(
         "{MIMIC4_HEADER}\n{}{}{}",
-        row("1-RR-1", "1"),
-        row("1-RR-2", "1"),
-        row("1-RR-3", "one")
+        m4_row("1-RR-1", "1"),
+        m4_row("1-RR-2", "1"),
+        m4_row("1-RR-3", "one")
     );
     d.write("mimic/note/radiology.csv.gz", gzip(radiology.as_bytes()));
     let err = build_fails(&d);
