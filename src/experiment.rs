@@ -9,14 +9,15 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Deserialize;
 
-use crate::finetune::FinetuneConfig;
+use crate::corpus::build::BuildConfig;
+use crate::eval::task_data::Task;
 use crate::pack::PackSettings;
-use crate::pipeline::BuildConfig;
 use crate::plugin::Plugin;
-use crate::pretrain::PretrainConfig;
 use crate::progress::Reporter;
-use crate::task_data::Task;
+use crate::train::finetune::FinetuneConfig;
+use crate::train::pretrain::PretrainConfig;
 use crate::{Error, Result};
+use ehrprep_plugin_api::requests::PretrainRequest;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +25,8 @@ pub struct Experiment {
     /// Generate MIMIC-shaped data (and task files) into OUT/synth first.
     pub synth: Option<SynthStage>,
     pub build: BuildStage,
-    pub pretrain: PretrainStage,
+    /// The trainer's own request; the run folder and the shards are filled in.
+    pub pretrain: PretrainRequest,
     #[serde(default)]
     pub finetune: Vec<FinetuneStage>,
 }
@@ -54,24 +56,6 @@ pub struct BuildStage {
     pub seed: Option<u64>,
     /// An existing tokenizer instead of training one.
     pub tokenizer: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PretrainStage {
-    pub model: Option<String>,
-    pub init: Option<PathBuf>,
-    pub steps: u64,
-    pub batch_size: Option<usize>,
-    pub grad_accum: Option<usize>,
-    pub optimizer: Option<String>,
-    pub lr: Option<f64>,
-    pub warmup: Option<u64>,
-    pub device: Option<String>,
-    pub seed: Option<u64>,
-    pub eval_every: Option<u64>,
-    pub save_every: Option<u64>,
-    pub threads: Option<i32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +107,23 @@ impl Experiment {
         fix(&mut e.build.task_data);
         fix(&mut e.build.tokenizer);
         fix(&mut e.pretrain.init);
+        let p = &e.pretrain;
+        if p.steps == 0 {
+            return Err(Error::Invalid(format!(
+                "`{}`: [pretrain] needs `steps` (at least 1)",
+                path.display()
+            )));
+        }
+        if !p.shards_dir.as_os_str().is_empty()
+            || !p.out.as_os_str().is_empty()
+            || p.resume
+            || p.run_id.is_some()
+        {
+            return Err(Error::Invalid(format!(
+                "`{}`: [pretrain] cannot set `shards_dir`, `out`, `resume` or `run_id`; the experiment decides them",
+                path.display()
+            )));
+        }
         for f in &mut e.finetune {
             fix(&mut f.data);
         }
@@ -200,7 +201,7 @@ pub fn run(
         }
         pack.tokenizer = b.tokenizer.clone();
         config.pack = Some(pack);
-        let summary = crate::pipeline::run_build(&config, reporter)?;
+        let summary = crate::corpus::build::run_build(&config, reporter)?;
         note(
             "build",
             format!("{} of {} notes kept", summary.kept(), summary.notes_in()),
@@ -214,24 +215,9 @@ pub fn run(
         build: Some(build_dir.clone()),
         out: run_dir.clone(),
         resume,
-        model: p.model.clone(),
-        init: p.init.clone(),
-        steps: p.steps,
-        batch_size: p.batch_size,
-        grad_accum: p.grad_accum,
-        optimizer: p.optimizer.clone(),
-        lr: p.lr,
-        warmup: p.warmup,
-        clip: None,
-        device: p.device.clone(),
-        seed: p.seed,
-        eval_every: p.eval_every,
-        eval_batches: None,
-        save_every: p.save_every,
-        keep_last: None,
-        threads: p.threads,
+        request: p.clone(),
     };
-    let summary = crate::pretrain::run(&config, plugin, cancel, reporter)?;
+    let summary = crate::train::pretrain::run(&config, plugin, cancel, reporter)?;
     note(
         "pretrain",
         format!("{} at step {}", summary.status, summary.result["step"]),
@@ -252,7 +238,7 @@ pub fn run(
         config.seeds = f.seeds.clone();
         config.epochs = f.epochs;
         if let Some(v) = f.batch_size {
-            config.batch_size = v;
+            config.run.batch_size = v;
         }
         if let Some(v) = f.effective_batch {
             config.effective_batch = v;
@@ -261,15 +247,15 @@ pub fn run(
             config.lr = v;
         }
         if let Some(v) = &f.device {
-            config.device = v.clone();
+            config.run.device = v.clone();
         }
         if let Some(v) = f.threads {
-            config.threads = v;
+            config.run.threads = v;
         }
         if let Some(v) = f.max_new_tokens {
-            config.max_new_tokens = v;
+            config.run.max_new_tokens = v;
         }
-        let runs = crate::finetune::run(&config, plugin, cancel, reporter)?;
+        let runs = crate::train::finetune::run(&config, plugin, cancel, reporter)?;
         let finished = runs.iter().filter(|r| r.status == "finished").count();
         note(
             f.task.as_str(),
@@ -280,7 +266,8 @@ pub fn run(
         }
     }
 
-    let report = crate::report::write(&build_dir.join("catalog.duckdb"), &out.join("report"))?;
+    let report =
+        crate::eval::report::write(&build_dir.join("catalog.duckdb"), &out.join("report"))?;
     note("report", report.markdown.display().to_string());
     Ok(StageLog(log))
 }

@@ -73,6 +73,11 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         .map_err(Error::io(path))
 }
 
+/// Bytes as lowercase hex: digests in file names, manifests and catalog ids.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

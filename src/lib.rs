@@ -1,53 +1,38 @@
 //! ehrprep turns MIMIC-III and MIMIC-IV-Note clinical notes into a clean, leakage-free
 //! pretraining corpus, recording every decision in a DuckDB catalog.
 //!
-//! The stages, in pipeline order:
-//! [`discover`] finds the input files, [`ingest`] loads and validates them with DuckDB,
-//! [`select`] applies the corpus recipe's set logic, [`normalize`] cleans each note,
-//! [`pipeline`] composes them into one build, and [`catalog`] owns the database.
-//! [`synth`] writes MIMIC-shaped synthetic data for everyone without MIMIC access.
+//! The stages, in pipeline order, each a module: [`corpus`] reads the MIMIC files and
+//! decides every note (recipe rules, normalization, de-duplication), [`pack`] trains or
+//! loads the tokenizer and writes token shards, [`train`] drives a trainer plugin to
+//! pretrain and finetune, and [`eval`] scores, records and reports. [`synth`] writes
+//! MIMIC-shaped synthetic data for everyone without MIMIC access; [`experiment`] runs a
+//! whole protocol from a TOML file.
+//!
+//! Imports run one way: [`cli`] -> [`experiment`] -> the stages -> the core
+//! ([`catalog`], [`plugin`], [`fsutil`], [`progress`], [`memory`]). Stage code never sees
+//! clap types; a stage uses only stages before it in the pipeline.
 //!
 //! ```no_run
-//! use ehrprep::pipeline::{BuildConfig, run_build};
+//! use ehrprep::corpus::build::{BuildConfig, run_build};
 //! let config = BuildConfig::new("fixtures/mimic".into(), "out".into());
 //! let summary = run_build(&config, &ehrprep::progress::Silent)?;
 //! println!("kept {} of {} notes", summary.kept(), summary.notes_in());
 //! # Ok::<(), ehrprep::Error>(())
 //! ```
 
-pub mod bench;
 pub mod catalog;
 pub mod cli;
-pub mod dedup;
-pub mod discover;
-pub mod encoder;
+pub mod corpus;
 mod error;
-pub mod evaluate;
+pub mod eval;
 pub mod experiment;
-pub mod finetune;
 pub mod fsutil;
-pub mod ingest;
 pub mod memory;
-pub mod metrics;
-pub mod normalize;
-pub mod objective;
 pub mod pack;
-pub mod pipeline;
-pub mod plot;
 pub mod plugin;
-pub mod pretrain;
 pub mod progress;
-pub mod query;
-pub mod report;
-pub mod reread;
-pub mod select;
-pub mod shards;
-pub mod sql;
-pub mod stats;
 pub mod synth;
-pub mod task_data;
-pub mod tasks;
-pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -21,30 +21,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::{Deserialize, Serialize};
 
+pub mod requests;
+
 /// Bumped whenever [`PluginTable`] or [`HostCallbacks`] change shape or meaning.
 pub const ABI_VERSION: u32 = 1;
 
 /// The one symbol a plugin exports: `extern "C" fn() -> *const PluginTable`.
 pub const ENTRY_SYMBOL: &str = "ehrprep_plugin_entry";
-
-/// A trainer on CUDA runs PyTorch in deterministic mode, and cuBLAS is deterministic only
-/// with a fixed workspace, which it reads from this variable when it starts. A host that
-/// may load a CUDA plugin calls [`fix_cublas_workspace`]; PyTorch refuses a matrix product
-/// in deterministic mode without it, so a host that forgets gets a clear error, not drift.
-pub const CUBLAS_WORKSPACE: (&str, &str) = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
-
-/// Sets [`CUBLAS_WORKSPACE`] unless the user set the variable.
-///
-/// # Safety
-/// It writes the process environment: call it first thing in `main`, while no other
-/// thread exists to read the environment concurrently.
-pub unsafe fn fix_cublas_workspace() {
-    let (key, value) = CUBLAS_WORKSPACE;
-    if std::env::var_os(key).is_none() {
-        // SAFETY: the caller guarantees this is the process's only thread.
-        unsafe { std::env::set_var(key, value) }
-    }
-}
 
 /// `call` finished; the result bytes hold the result JSON.
 pub const STATUS_OK: i32 = 0;

@@ -4,8 +4,9 @@
 //! threads arrive), so a resumed run could never match an uninterrupted one.
 //!
 //! cuBLAS is deterministic only with a fixed workspace, which it reads from
-//! `CUBLAS_WORKSPACE_CONFIG` when it starts: the binaries that load this plugin set it with
-//! [`ehrprep_plugin_api::fix_cublas_workspace`] before starting any thread.
+//! `CUBLAS_WORKSPACE_CONFIG` when it creates its first handle (the first matrix product on
+//! the device): [`deterministic_algorithms`] sets it, unless the user did, before the
+//! plugin runs anything on CUDA. The host knows nothing of CUDA.
 
 /// Turns PyTorch's deterministic algorithms on for this process (an operation with no
 /// deterministic CUDA kernel then fails with PyTorch's error instead of running). Called
@@ -18,6 +19,7 @@
 /// decoding, where each step's small tensors are new allocations: it is turned off, and
 /// [`fill_uninitialized_memory`] turns it back on to measure or debug.
 pub fn deterministic_algorithms() {
+    fix_cublas_workspace();
     // SAFETY: `at::globalContext()` returns a reference to PyTorch's process-wide context,
     // which lives for the whole process; `Context::setDeterministicAlgorithms(bool, bool)`
     // is a plain non-virtual member function. Under the Itanium C++ ABI (Linux, x86-64 and
@@ -79,6 +81,29 @@ mod ffi {
         #[link_name = "_ZNK2at7Context36deterministicFillUninitializedMemoryEv"]
         pub fn fill_uninitialized_memory(context: *mut c_void) -> bool;
     }
+}
+
+/// cuBLAS's deterministic workspace setting.
+pub const CUBLAS_WORKSPACE: (&str, &str) = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+
+/// Sets [`CUBLAS_WORKSPACE`] unless the user set the variable. PyTorch refuses a matrix
+/// product in deterministic mode without it, so a miss is a clear error, not drift.
+fn fix_cublas_workspace() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let (key, value) = CUBLAS_WORKSPACE;
+    ONCE.call_once(|| {
+        if std::env::var_os(key).is_none() {
+            // SAFETY: this runs once, when a call first chooses a CUDA device and before
+            // anything runs on it. Rust code reads the environment under std's lock; what
+            // else runs then (the host's signal and progress threads, libtorch's idle CPU
+            // pools) does not read the environment from C, and cuBLAS reads it later, when
+            // its first handle is made.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::set_var(key, value)
+            }
+        }
+    });
 }
 
 #[cfg(test)]

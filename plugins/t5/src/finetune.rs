@@ -4,9 +4,10 @@
 //! checkpoint, and resumes after a crash at the last finished epoch.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
+use ehrprep_plugin_api::requests::TrainEvent;
 use ehrprep_plugin_api::{CallError, Host};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
@@ -44,60 +45,7 @@ pub fn read_encoded(path: &Path) -> Result<Vec<Encoded>, CallError> {
     Ok(out)
 }
 
-/// Finetune for one epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneRequest {
-    /// Encoded training examples.
-    pub train: PathBuf,
-    /// The checkpoint to start from (pretrained, or the previous epoch's).
-    pub init: PathBuf,
-    /// Continue the optimizer state in `init` (false for the first epoch).
-    #[serde(default)]
-    pub resume_optimizer: bool,
-    /// Where this epoch's checkpoint goes (created; replaced if present).
-    pub out: PathBuf,
-    /// 0-based; seeds this epoch's order and dropout.
-    pub epoch: u64,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    #[serde(default = "default_dropout")]
-    pub dropout: f64,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default = "default_device")]
-    pub device: String,
-    #[serde(default)]
-    pub threads: i32,
-}
-
-fn default_batch() -> usize {
-    8
-}
-fn one() -> usize {
-    1
-}
-fn default_lr() -> f64 {
-    1e-4
-}
-fn default_dropout() -> f64 {
-    0.1
-}
-fn default_device() -> String {
-    "auto".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FinetuneResult {
-    pub steps: u64,
-    pub mean_loss: f64,
-    pub checkpoint: PathBuf,
-    pub seconds: f64,
-}
+pub use ehrprep_plugin_api::requests::{FinetuneRequest, FinetuneResult, GenerateRequest};
 
 fn load(dir: &Path, device: Device, dropout: Option<f64>) -> Result<(nn::VarStore, T5), CallError> {
     let mut config = T5Config::read(dir)?;
@@ -165,11 +113,11 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
     params.sort_by(|a, b| a.0.cmp(&b.0));
 
     // This epoch's order and dropout masks follow from (seed, epoch) alone.
-    let mix = req.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let mix = req.seed.wrapping_mul(ehrprep_data::rng::GOLDEN)
         ^ req.epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     tch::manual_seed((mix >> 1) as i64);
     let mut order: Vec<usize> = (0..examples.len()).collect();
-    let mut rng = ehrprep::synth::Rng::new(mix);
+    let mut rng = ehrprep_data::rng::Rng::new(mix);
     for i in (1..order.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         order.swap(i, j);
@@ -221,37 +169,17 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
     };
     crate::checkpoint::write_dir(&req.out, &vs, &model.config, Some((&optimizer, &state)))?;
     let mean_loss = loss_sum / batches.max(1) as f64;
-    host.event(&serde_json::json!({"kind": "finetune_epoch", "epoch": req.epoch, "steps": steps, "loss": mean_loss}));
+    host.event(&TrainEvent::FinetuneEpoch {
+        epoch: req.epoch,
+        steps,
+        loss: mean_loss,
+    });
     Ok(FinetuneResult {
         steps,
         mean_loss,
         checkpoint: req.out.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Generate predictions for encoded examples.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateRequest {
-    pub checkpoint: PathBuf,
-    pub examples: PathBuf,
-    /// JSON lines `{"id", "ids"}` in the examples' order.
-    pub out: PathBuf,
-    #[serde(default = "one")]
-    pub beams: usize,
-    #[serde(default = "default_new_tokens")]
-    pub max_new_tokens: usize,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    #[serde(default = "default_device")]
-    pub device: String,
-    #[serde(default)]
-    pub threads: i32,
-}
-
-fn default_new_tokens() -> usize {
-    64
 }
 
 pub fn generate(req: &GenerateRequest, host: &Host<'_>) -> Result<serde_json::Value, CallError> {

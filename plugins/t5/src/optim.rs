@@ -6,16 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-/// Which optimizer, with its settings.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Adafactor as T5 used it: factored second moments, no momentum, decay step^-0.8,
-    /// update clipping at RMS 1, step size scaled by the parameter's RMS.
-    Adafactor,
-    /// AdamW: betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on matrices.
-    Adamw,
-}
+pub use ehrprep_plugin_api::requests::OptimizerKind;
 
 /// The learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

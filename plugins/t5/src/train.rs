@@ -5,101 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ehrprep_plugin_api::requests::TrainEvent;
 use ehrprep_plugin_api::{CallError, Host};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::data::{Examples, Manifest, Rows};
+use ehrprep_data::examples::{Examples, Rows};
+use ehrprep_data::shards::{Manifest, Split};
+
+use crate::data::{batch, failed};
 use crate::model::{T5, T5Config};
 use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_grad_norm};
 
-/// What `pretrain` is asked to do. The host fills every field; defaults here are for
-/// hand-written requests.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PretrainRequest {
-    /// The build's `shards/` folder (with `manifest.json`).
-    pub shards_dir: PathBuf,
-    /// The run folder: checkpoints and `run.json`.
-    pub out: PathBuf,
-    /// A preset name (`t5-base`, `tiny`, ...), used unless `init` is given.
-    #[serde(default = "default_model")]
-    pub model: String,
-    /// A Hugging Face T5 directory to continue from (`config.json`, `model.safetensors`).
-    #[serde(default)]
-    pub init: Option<PathBuf>,
-    /// Continue the run in `out` from its latest checkpoint.
-    #[serde(default)]
-    pub resume: bool,
-    /// Total optimizer steps (a resumed run continues up to this count).
-    pub steps: u64,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    #[serde(default = "default_optimizer")]
-    pub optimizer: OptimizerKind,
-    /// Peak learning rate; default 1/sqrt(warmup) for Adafactor (T5's schedule), 1e-3 for AdamW.
-    #[serde(default)]
-    pub lr: Option<f64>,
-    #[serde(default = "default_warmup")]
-    pub warmup: u64,
-    /// Clip the global gradient norm to this (0: no clipping).
-    #[serde(default = "one_f")]
-    pub clip: f64,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "default_device")]
-    pub device: String,
-    #[serde(default)]
-    pub seed: u64,
-    /// Validation loss every this many steps (0: only at checkpoints).
-    #[serde(default = "default_every")]
-    pub eval_every: u64,
-    #[serde(default = "default_eval_batches")]
-    pub eval_batches: usize,
-    #[serde(default = "default_every")]
-    pub save_every: u64,
-    #[serde(default = "default_keep")]
-    pub keep_last: usize,
-    /// CPU threads for libtorch (0: libtorch's default).
-    #[serde(default)]
-    pub threads: i32,
-    /// The host's id for this run, kept in run.json so the host finds it again.
-    #[serde(default)]
-    pub run_id: Option<String>,
-}
-
-fn default_model() -> String {
-    "t5-base".into()
-}
-fn default_batch() -> usize {
-    128
-}
-fn one() -> usize {
-    1
-}
-fn one_f() -> f64 {
-    1.0
-}
-fn default_optimizer() -> OptimizerKind {
-    OptimizerKind::Adafactor
-}
-fn default_warmup() -> u64 {
-    40_000
-}
-fn default_device() -> String {
-    "auto".into()
-}
-fn default_every() -> u64 {
-    1000
-}
-fn default_eval_batches() -> usize {
-    20
-}
-fn default_keep() -> usize {
-    3
-}
+pub use ehrprep_plugin_api::requests::PretrainRequest;
 
 /// What a finished (or stopped) run reports back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,37 +43,6 @@ pub struct TrainerState {
     pub build_id: String,
     pub tokenizer_sha256: String,
     pub validation_loss: Option<f64>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Event<'a> {
-    Start {
-        start_step: u64,
-        steps: u64,
-        device: &'a str,
-        parameters: i64,
-        model_config: &'a T5Config,
-    },
-    TrainStep {
-        step: u64,
-        loss: f64,
-        lr: f64,
-        grad_norm: f64,
-        tokens: u64,
-        tokens_per_s: f64,
-        elapsed_s: f64,
-    },
-    Validation {
-        step: u64,
-        loss: f64,
-    },
-    Checkpoint {
-        step: u64,
-        path: &'a Path,
-        validation_loss: Option<f64>,
-        sha256: &'a str,
-    },
 }
 
 /// The device a request names; choosing a CUDA device turns on deterministic algorithms.
@@ -218,9 +106,9 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         tch::set_num_threads(req.threads);
     }
     let device = device_for(&req.device)?;
-    let manifest = Manifest::read(&req.shards_dir)?;
-    let train_rows = Rows::load(&req.shards_dir, &manifest, "train")?;
-    let valid_rows = Rows::load(&req.shards_dir, &manifest, "validation")?;
+    let manifest = Manifest::read(&req.shards_dir).map_err(failed)?;
+    let train_rows = Rows::load(&req.shards_dir, &manifest, Split::Train).map_err(failed)?;
+    let valid_rows = Rows::load(&req.shards_dir, &manifest, Split::Validation).map_err(failed)?;
     if train_rows.is_empty() {
         return Err(CallError::Failed(format!(
             "`{}` has no training rows",
@@ -381,12 +269,12 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     };
     let device_label = device_name(device);
     let parameters = config.parameters();
-    host.event(&Event::Start {
+    host.event(&TrainEvent::Start {
         start_step,
         steps: req.steps,
-        device: &device_label,
+        device: device_label.clone(),
         parameters,
-        model_config: &config,
+        model_config: serde_json::to_value(&config).expect("the config serializes"),
     });
 
     let mut train = Examples::new(&train_rows, &manifest, req.seed, true);
@@ -409,7 +297,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             let mut first = 0;
             while first < n as u64 {
                 let size = req.batch_size.min(n - first as usize);
-                let b = valid.batch(first, size, device);
+                let b = batch(&mut valid, first, size, device);
                 total += model
                     .loss(&b.inputs, &b.mask, &b.labels, false)
                     .double_value(&[])
@@ -430,7 +318,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         let mut tokens = 0;
         let mut zeroed = false;
         for _ in 0..req.grad_accum {
-            let b = train.batch(examples_seen, req.batch_size, device);
+            let b = batch(&mut train, examples_seen, req.batch_size, device);
             examples_seen += req.batch_size as u64;
             let loss = model.loss(&b.inputs, &b.mask, &b.labels, true);
             if !zeroed {
@@ -465,7 +353,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         optimizer.step(&params, lr);
         let seconds = t0.elapsed().as_secs_f64();
         last_loss = Some(loss);
-        host.event(&Event::TrainStep {
+        host.event(&TrainEvent::TrainStep {
             step,
             loss,
             lr,
@@ -478,7 +366,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         if save || (req.eval_every > 0 && step % req.eval_every == 0) {
             validation_loss = validate(&model);
             if let Some(loss) = validation_loss {
-                host.event(&Event::Validation { step, loss });
+                host.event(&TrainEvent::Validation { step, loss });
             }
         }
         if save {
@@ -561,11 +449,11 @@ fn write_checkpoint(
     };
     let dir = crate::checkpoint::save(&req.out, vs, &model.config, Some((optimizer, &state)))?;
     let sha = sha256_file(&dir.join("model.safetensors"))?;
-    host.event(&Event::Checkpoint {
+    host.event(&TrainEvent::Checkpoint {
         step,
-        path: &dir,
+        path: dir.clone(),
         validation_loss,
-        sha256: &sha,
+        sha256: sha.clone(),
     });
     crate::checkpoint::prune(&req.out, req.keep_last)?;
     Ok(dir)

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use ehrprep::corpus::build::{BuildConfig, run_build};
 use ehrprep::pack::PackSettings;
-use ehrprep::pipeline::{BuildConfig, run_build};
-use ehrprep::tokenizer::TokenizerConfig;
+use ehrprep::pack::tokenizer::TokenizerConfig;
 use ehrprep_plugin_api::{CallError, Host, HostSink, LOG_WARN, with_sink};
 use ehrprep_t5::train::{PretrainRequest, PretrainResult, pretrain};
 use serde_json::Value;
@@ -36,7 +36,7 @@ fn shards() -> &'static Path {
 
 /// The ids the fixture build's tokenizer makes.
 fn tokenizer_ids() -> i64 {
-    ehrprep_t5::data::Manifest::read(shards())
+    ehrprep_data::shards::Manifest::read(shards())
         .unwrap()
         .tokenizer
         .vocab_size as i64

@@ -26,11 +26,6 @@ use ehrprep_t5::train::{device_for, device_name};
 use tch::{Device, Kind, Tensor, nn};
 
 fn main() {
-    // SAFETY: first thing in `main`, while this is the only thread.
-    #[allow(unsafe_code)]
-    unsafe {
-        ehrprep_plugin_api::fix_cublas_workspace();
-    }
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
         args.iter()

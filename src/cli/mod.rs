@@ -1,0 +1,369 @@
+//! The command line: clap types, parsing, and one function per subcommand. Stage code never
+//! sees these types; it gets a [`BuildConfig`] or plain values.
+//!
+//! Exit codes: 0 success, 2 error. Errors print once as `error: ...` with indented causes.
+
+mod args;
+mod reporter;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::corpus::build::{BuildConfig, Recipe, run_build};
+use crate::corpus::normalize::Deid;
+use crate::pack::PackSettings;
+use crate::pack::tokenizer::TokenizerConfig;
+use crate::synth::SynthConfig;
+use crate::train::finetune::FinetuneConfig;
+use crate::train::pretrain::PretrainConfig;
+use args::*;
+use ehrprep_plugin_api::requests::PretrainRequest;
+use reporter::BarReporter;
+
+/// Parses arguments, runs the command, prints any error, and returns the exit code.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err}");
+            for cause in err.chain().skip(1) {
+                let _ = writeln!(stderr, "  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(args) => build(args),
+        Command::Synth(args) => synth(args),
+        Command::Sql(args) => sql(args),
+        Command::Pretrain(args) => pretrain(args),
+        Command::Finetune(args) => finetune(args),
+        Command::Evaluate(args) => {
+            let (run, plugin) = args.run.resolve("generate")?;
+            let config = crate::eval::evaluate::EvaluateConfig {
+                task: args.task.into(),
+                data: args.data,
+                checkpoint: args.checkpoint,
+                split: args.split.into(),
+                run,
+            };
+            let cancel = cancel_on_ctrl_c();
+            let e = crate::eval::evaluate::run(&config, &plugin, cancel)?;
+            let scores: Vec<String> = e
+                .metrics
+                .iter()
+                .map(|(m, v)| format!("{m} {v:.4}"))
+                .collect();
+            println!(
+                "{} {} on {} examples: {}",
+                e.eval_run_id,
+                e.checkpoint.display(),
+                e.examples,
+                scores.join(", ")
+            );
+            Ok(())
+        }
+        Command::Experiment(ExperimentCommand::Run {
+            file,
+            out,
+            plugin,
+            quiet,
+        }) => {
+            let experiment = crate::experiment::Experiment::read(&file)?;
+            let plugin = crate::plugin::find("finetune", plugin.as_deref())?;
+            let cancel = cancel_on_ctrl_c();
+            let reporter = BarReporter::new(quiet);
+            let log = crate::experiment::run(&experiment, &out, &plugin, cancel, &reporter)?;
+            for (stage, what) in log.0 {
+                println!("{stage}: {what}");
+            }
+            Ok(())
+        }
+        Command::Report { db, out } => {
+            let report = crate::eval::report::write(&db, &out)?;
+            println!(
+                "{} ({} plots)",
+                report.markdown.display(),
+                report.plots.len()
+            );
+            Ok(())
+        }
+        Command::Plugins(PluginsCommand::List { plugin }) => plugins_list(plugin.as_deref()),
+        Command::BenchPack(args) => {
+            let report = crate::pack::bench::pack(&args.db, &args.tokenizer, &args.scratch)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
+}
+
+fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
+    let plugin = crate::plugin::find("pretrain", args.plugin.as_deref())?;
+    let cancel = cancel_on_ctrl_c();
+    let resume = args.resume.is_some();
+    let request = PretrainRequest {
+        model: args.model,
+        init: args.init,
+        steps: args.steps,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        optimizer: args.optimizer.into(),
+        lr: args.lr,
+        warmup: args.warmup,
+        clip: args.clip,
+        device: args.device,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        save_every: args.save_every,
+        keep_last: args.keep_last,
+        threads: args.threads,
+        ..PretrainRequest::default()
+    };
+    let config = PretrainConfig {
+        build: args.build,
+        out: args
+            .resume
+            .or(args.out)
+            .expect("clap requires --out or --resume"),
+        resume,
+        request,
+    };
+    eprintln!(
+        "plugin {} {} ({})",
+        plugin.info.name,
+        plugin.info.version,
+        plugin.path.display()
+    );
+    let reporter = BarReporter::new(args.quiet);
+    let summary = crate::train::pretrain::run(&config, &plugin, cancel, &reporter)?;
+    let r = &summary.result;
+    println!(
+        "run {} {} at step {} (loss {}, validation loss {}); checkpoint {}",
+        summary.run_id,
+        summary.status,
+        r["step"],
+        r["last_loss"],
+        r["validation_loss"],
+        r["checkpoint"].as_str().unwrap_or("none"),
+    );
+    if summary.status == "cancelled" {
+        println!(
+            "resume with: ehrprep pretrain --resume {} --steps {}",
+            config.out.display(),
+            config.request.steps
+        );
+    }
+    Ok(())
+}
+
+fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    let (run, plugin) = args.run.resolve("finetune")?;
+    let mut config = FinetuneConfig::new(args.task.into(), args.data, args.checkpoint);
+    config.fractions = args.fractions;
+    config.seeds = args.seeds;
+    config.epochs = args.epochs;
+    config.effective_batch = args.effective_batch;
+    config.lr = args.lr;
+    config.out = args.out;
+    config.run = run;
+    let cancel = cancel_on_ctrl_c();
+    let reporter = BarReporter::new(args.quiet);
+    for run in crate::train::finetune::run(&config, &plugin, cancel, &reporter)? {
+        let scores: Vec<String> = run
+            .test
+            .iter()
+            .map(|(m, v)| format!("{m} {v:.4}"))
+            .collect();
+        println!(
+            "{} fraction {} seed {}: {} (best epoch {}) test {}",
+            run.eval_run_id,
+            run.fraction,
+            run.seed,
+            run.status,
+            run.best_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            scores.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.
+fn cancel_on_ctrl_c() -> &'static AtomicBool {
+    let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping at the next step (Ctrl-C again to quit without a checkpoint)");
+    });
+    cancel
+}
+
+fn plugins_list(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let found = crate::plugin::discover(explicit);
+    if explicit.is_none() {
+        let dirs = crate::plugin::search_path();
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        eprintln!("searched: {}", dirs.join(", "));
+    }
+    let mut usable = 0;
+    let mut refusals = Vec::new();
+    for (path, loaded) in found {
+        match loaded {
+            Ok(p) => {
+                usable += 1;
+                println!(
+                    "{}\t{}\tabi {}\t{}\t{}",
+                    p.info.name,
+                    p.info.version,
+                    ehrprep_plugin_api::ABI_VERSION,
+                    p.info.capabilities.join(","),
+                    path.display()
+                );
+            }
+            Err(e) => refusals.push(e),
+        }
+    }
+    for e in &refusals {
+        eprintln!("skipped: {e}");
+    }
+    if let (Some(_), Some(e)) = (explicit, refusals.into_iter().next()) {
+        return Err(e.into());
+    }
+    if usable == 0 {
+        eprintln!("no plugins found; set EHRPREP_PLUGIN_PATH or pass --plugin PATH");
+    }
+    Ok(())
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let mut config = BuildConfig::new(args.mimic_dir, args.out);
+    config.recipe = match args.recipe {
+        RecipeArg::Paper => Recipe::Paper,
+        RecipeArg::Strict => Recipe::Strict,
+    };
+    config.near_duplicates = !args.no_near_duplicates;
+    config.deid = match args.deid {
+        DeidArg::Tags => Deid::Tags,
+        DeidArg::Keep => Deid::Keep,
+    };
+    config.task_data = args.task_data;
+    config.exclude_subjects = args.exclude_subjects;
+    config.force = args.force;
+    config.batch_notes = args.batch_notes;
+    if !(0.0..1.0).contains(&args.validation_fraction) {
+        anyhow::bail!("--validation-fraction must be at least 0 and below 1");
+    }
+    if args.input_length < 16 {
+        anyhow::bail!("--input-length must be at least 16");
+    }
+    config.pack = (!args.no_shards).then(|| PackSettings {
+        tokenizer: args.tokenizer,
+        tokenizer_config: TokenizerConfig {
+            vocab_size: args.vocab_size,
+            sample_chars: args.tokenizer_sample_chars,
+            ..TokenizerConfig::default()
+        },
+        inputs_length: args.input_length,
+        validation_fraction: args.validation_fraction,
+        seed: args.seed,
+        rows_per_shard: args.rows_per_shard.max(1),
+    });
+    let reporter = BarReporter::new(args.quiet);
+    let summary = run_build(&config, &reporter)?;
+
+    let mut out = std::io::stdout().lock();
+    let s = &summary.stats;
+    writeln!(
+        out,
+        "build {}: {} notes in, {} kept, {} dropped; {:.1} M characters in, {:.1} M kept; {:.1} s",
+        summary.build_id,
+        s.notes_in(),
+        s.kept(),
+        s.notes_in() - s.kept(),
+        s.chars_in as f64 / 1e6,
+        s.count(crate::corpus::select::Reason::Kept).chars as f64 / 1e6,
+        s.seconds
+    )?;
+    let frame = s.to_frame().context("summarizing the build")?;
+    writeln!(out, "{frame}")?;
+    if let Some(m) = &summary.manifest {
+        for (split, st) in &m.splits {
+            writeln!(
+                out,
+                "{}: {} notes, {} patients, {} rows of {} tokens in {} shards",
+                split.as_str(),
+                st.notes,
+                st.subjects,
+                st.rows,
+                m.raw_length,
+                m.shards.iter().filter(|s| s.split == *split).count()
+            )?;
+        }
+        writeln!(
+            out,
+            "tokenizer: {} ids, sha256 {}",
+            m.tokenizer.vocab_size, m.tokenizer.sha256
+        )?;
+    }
+    writeln!(out, "catalog: {}", summary.catalog.display())?;
+    Ok(())
+}
+
+fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    let config = SynthConfig {
+        notes: args.notes,
+        seed: args.seed,
+        gzip: !args.plain,
+        long_notes: args.long_notes,
+    };
+    let written = crate::synth::write(&args.out, &config)?;
+    let mut out = std::io::stdout().lock();
+    for (path, records) in written {
+        writeln!(out, "{records:>9}  {}", path.display())?;
+    }
+    Ok(())
+}
+
+fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    let conn = crate::catalog::open_read_only(&args.db)?;
+    let mut frame = crate::catalog::query::run(&conn, &args.query)?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Table => writeln!(out, "{frame}")?,
+        Format::Csv => crate::catalog::query::write_csv(&mut frame, &mut out)?,
+        Format::Json => crate::catalog::query::write_json(&mut frame, &mut out)?,
+    }
+    Ok(())
+}
+
+/// Panics never print their payload: it could hold note text. The location is enough to
+/// report a bug.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        if crate::catalog::query::PANIC_IS_HANDLED.load(Ordering::Relaxed) {
+            return;
+        }
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error at {place}; please report it (details withheld: they may contain note text)"
+        );
+    }));
+}
