@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Deserialize;
 
-use crate::corpus::build::BuildConfig;
+use crate::build::BuildConfig;
 use crate::eval::task_data::Task;
 use crate::pack::PackSettings;
 use crate::plugin::Plugin;
@@ -201,7 +201,7 @@ pub fn run(
         }
         pack.tokenizer = b.tokenizer.clone();
         config.pack = Some(pack);
-        let summary = crate::corpus::build::run_build(&config, reporter)?;
+        let summary = crate::build::run_build(&config, reporter)?;
         note(
             "build",
             format!("{} of {} notes kept", summary.kept(), summary.notes_in()),

@@ -8,18 +8,23 @@
 //! MIMIC-shaped synthetic data for everyone without MIMIC access; [`experiment`] runs a
 //! whole protocol from a TOML file.
 //!
-//! Imports run one way: [`cli`] -> [`experiment`] -> the stages -> the core
+//! [`build`] composes the corpus and pack stages into one `ehrprep build`.
+//!
+//! Imports run one way: [`cli`] -> [`experiment`] and [`build`] -> the stages -> the core
 //! ([`catalog`], [`plugin`], [`fsutil`], [`progress`], [`memory`]). Stage code never sees
-//! clap types; a stage uses only stages before it in the pipeline.
+//! clap types. Among the stages, `pack` uses `corpus`, `eval` uses both (task text is
+//! normalized and tokenized as notes are), and `train` uses `eval` (finetuning picks each
+//! run's best epoch by its score); none imports a stage that imports it.
 //!
 //! ```no_run
-//! use ehrprep::corpus::build::{BuildConfig, run_build};
+//! use ehrprep::build::{BuildConfig, run_build};
 //! let config = BuildConfig::new("fixtures/mimic".into(), "out".into());
 //! let summary = run_build(&config, &ehrprep::progress::Silent)?;
 //! println!("kept {} of {} notes", summary.kept(), summary.notes_in());
 //! # Ok::<(), ehrprep::Error>(())
 //! ```
 
+pub mod build;
 pub mod catalog;
 pub mod cli;
 pub mod corpus;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::corpus::BuildConfig;
+use crate::build::BuildConfig;
 use crate::eval::evaluate::Split;
 use crate::eval::scoring::ModelRun;
 use crate::eval::task_data::Task;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::corpus::build::{BuildConfig, Recipe, run_build};
+use crate::build::{BuildConfig, Recipe, run_build};
 use crate::corpus::normalize::Deid;
 use crate::pack::PackSettings;
 use crate::pack::tokenizer::TokenizerConfig;

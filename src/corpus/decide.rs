@@ -17,10 +17,10 @@ use duckdb::Connection;
 use rayon::prelude::*;
 
 use crate::catalog::sql::{CATALOG, SELECT_PAPER};
-use crate::corpus::build::BuildConfig;
+use crate::corpus::dedup::MinHashConfig;
 use crate::corpus::dedup::{Sketch, SketchSpill};
 use crate::corpus::ingest::NoteText;
-use crate::corpus::normalize::normalize;
+use crate::corpus::normalize::{Deid, normalize};
 use crate::corpus::reread::{NoteBatch, Runs, TextReader, with_text};
 use crate::corpus::select::Reason;
 use crate::corpus::stats::BuildStats;
@@ -32,6 +32,16 @@ use crate::{Error, Result};
 /// text); flushing after every range saved a little more memory for about 10% more time.
 const FLUSH_RANGES: usize = 4;
 
+/// How notes are decided: the build's settings that this step reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) deid: Deid,
+    /// Notes normalized per range.
+    pub(crate) batch_notes: usize,
+    pub(crate) near_duplicates: bool,
+    pub(crate) minhash: MinHashConfig,
+}
+
 /// A note after normalization: its text, a digest of it and its characters.
 struct Normalized {
     text: String,
@@ -42,10 +52,10 @@ struct Normalized {
 /// What normalization hands on: the statistics, and per kept note (by `seq`) its
 /// near-duplicate cluster root and its characters (both empty without near-duplicate
 /// detection).
-pub(super) struct Decided {
-    pub(super) stats: BuildStats,
-    pub(super) roots: Vec<usize>,
-    pub(super) kept_chars: Vec<u64>,
+pub(crate) struct Decided {
+    pub(crate) stats: BuildStats,
+    pub(crate) roots: Vec<usize>,
+    pub(crate) kept_chars: Vec<u64>,
 }
 
 /// Normalizes the notes still in after the set rules, batch by batch in build order, and
@@ -55,10 +65,10 @@ pub(super) struct Decided {
 /// Arrow batches straight away, so the text is copied into the catalog once.
 /// `note_decisions` is written at the end by SQL from the staged metadata, with the
 /// reasons decided here for the few notes normalization drops.
-pub(super) fn normalize_and_decide(
+pub(crate) fn normalize_and_decide(
     conn: &Connection,
     texts: &[NoteText],
-    config: &BuildConfig,
+    config: &Settings,
     build_id: &str,
     scratch: &Path,
     reporter: &dyn Reporter,
@@ -291,7 +301,7 @@ fn write_decisions(conn: &Connection, build_id: &str, late: &[(i64, Reason)]) ->
 
 /// What deciding needs across ranges of notes; lent to the decision thread.
 struct DecideState<'a> {
-    config: &'a BuildConfig,
+    config: &'a Settings,
     stats: &'a mut BuildStats,
     /// The kept notes' MinHash sketches, with near-duplicate detection.
     sketches: &'a mut Option<SketchSpill>,
@@ -401,8 +411,8 @@ fn digest128(text: &str) -> u128 {
 mod tests {
     use super::*;
     use crate::catalog;
-    use crate::corpus::build::SCRATCH_DIR;
     use crate::corpus::discover::{Inputs, Mimic3Files};
+    use crate::corpus::ingest::SCRATCH_DIR;
     use crate::corpus::select::SetRules;
     use crate::corpus::{ingest, select};
     use crate::progress::Silent;
@@ -467,9 +477,13 @@ mod tests {
                 .unwrap(),
             Rewrite::KeepTimeBytes(bytes) => write(&bytes).set_modified(hour_ago).unwrap(),
         }
-        let mut config = BuildConfig::new(dir.path().to_path_buf(), dir.path().join("out"));
-        config.batch_notes = 2;
-        let decided = normalize_and_decide(&conn, &texts, &config, "build", &scratch, &Silent);
+        let settings = Settings {
+            deid: Deid::Tags,
+            batch_notes: 2,
+            near_duplicates: true,
+            minhash: MinHashConfig::default(),
+        };
+        let decided = normalize_and_decide(&conn, &texts, &settings, "build", &scratch, &Silent);
         let rows = |table: &str| -> i64 {
             conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap()

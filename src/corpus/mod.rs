@@ -5,10 +5,9 @@
 //! [`select`] applies the recipe's set rules (with [`task_rows`] naming the notes of task
 //! patients), [`normalize`] cleans each note's text, [`decide`] drops empty notes and
 //! exact duplicates and writes the corpus, [`reread`] streams the text from a second read
-//! of each file, [`dedup`] finds near-duplicate clusters, [`stats`] adds up what happened;
-//! [`build`] composes them into one build.
+//! of each file, [`dedup`] finds near-duplicate clusters, [`stats`] adds up what happened.
+//! [`crate::build`] composes them, and then the pack stage, into one `ehrprep build`.
 
-pub mod build;
 pub mod decide;
 pub mod dedup;
 pub mod discover;
@@ -18,5 +17,3 @@ pub mod reread;
 pub mod select;
 pub mod stats;
 pub mod task_rows;
-
-pub use build::{BuildConfig, BuildSummary, Recipe, run_build};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ehrprep::corpus::build::{BuildConfig, run_build};
+use ehrprep::build::{BuildConfig, run_build};
 use ehrprep::pack::PackSettings;
 use ehrprep::pack::tokenizer::TokenizerConfig;
 use ehrprep_plugin_api::{CallError, Host, HostSink, LOG_WARN, with_sink};

@@ -1,4 +1,4 @@
-//! One corpus build, composed from the stages: discover -> ingest -> set rules -> normalize
+//! `ehrprep build`, composed from the stages: discover -> ingest -> set rules -> normalize
 //! and de-duplicate -> catalog.
 //!
 //! The catalog is written under a temporary name and renamed when the build has succeeded,
@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::sql::CATALOG;
 use crate::catalog::{self, CATALOG_FILE};
-use crate::corpus::decide::{Decided, normalize_and_decide};
+use crate::corpus::decide::{self, Decided, normalize_and_decide};
 use crate::corpus::discover::{self, Inputs};
+use crate::corpus::ingest::SCRATCH_DIR;
 use crate::corpus::ingest::{self, FileStats};
 use crate::corpus::normalize::Deid;
 use crate::corpus::select::{self, Reason, SetRules};
@@ -24,9 +25,6 @@ use crate::corpus::task_rows;
 use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
 use crate::{Error, Result};
-
-/// Decompressed copies of the inputs live here while they are read; never left behind.
-pub(crate) const SCRATCH_DIR: &str = "ingest.partial";
 
 /// Which corpus recipe to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -200,7 +198,19 @@ fn build_into(
         mut stats,
         roots,
         kept_chars,
-    } = normalize_and_decide(&conn, &texts, config, &build_id, &scratch, reporter)?;
+    } = normalize_and_decide(
+        &conn,
+        &texts,
+        &decide::Settings {
+            deid: config.deid,
+            batch_notes: config.batch_notes,
+            near_duplicates: config.near_duplicates,
+            minhash: config.minhash,
+        },
+        &build_id,
+        &scratch,
+        reporter,
+    )?;
     drop(texts);
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(Error::io(&scratch))?;
