@@ -271,3 +271,75 @@ pub fn run(
     note("report", report.markdown.display().to_string());
     Ok(StageLog(log))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> Experiment {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/experiments")
+            .join(name);
+        Experiment::read(&path).unwrap()
+    }
+
+    /// Sequences of 512 tokens per optimizer step.
+    fn sequences_per_step(p: &PretrainRequest) -> usize {
+        p.batch_size * p.grad_accum
+    }
+
+    #[test]
+    fn the_paper_files_pretrain_as_the_paper_did() {
+        // Clinical-T5-Base: 310K steps of 256 x 512 (about 40B tokens), T5's schedule.
+        let base = shipped("paper.toml");
+        let p = &base.pretrain;
+        assert_eq!((p.model.as_str(), p.init.as_ref()), ("t5-base", None));
+        assert_eq!((p.steps, sequences_per_step(p), p.warmup), (310_000, 256, 40_000));
+        assert_eq!(p.lr, None, "the inverse-sqrt schedule's own peak");
+        assert_eq!(base.build.input_length, Some(512));
+        let tokens = p.steps as f64 * sequences_per_step(p) as f64 * 512.0;
+        assert!((tokens / 40e9 - 1.0).abs() < 0.02, "{tokens}");
+
+        // Clinical-T5-Large: 780K steps of 49,152 tokens.
+        let large = shipped("paper-large.toml");
+        let p = &large.pretrain;
+        assert_eq!(p.model, "t5-large");
+        assert_eq!((p.steps, sequences_per_step(p) * 512), (780_000, 49_152));
+
+        // Continued pretraining: T5-Base's weights and tokenizer, 100K steps of 256 x 512.
+        let continued = shipped("paper-continued.toml");
+        let p = &continued.pretrain;
+        assert!(p.init.as_ref().is_some_and(|i| i.ends_with("t5-base")));
+        assert_eq!((p.steps, sequences_per_step(p)), (100_000, 256));
+        assert!(
+            continued
+                .build
+                .tokenizer
+                .as_ref()
+                .is_some_and(|t| t.ends_with("t5-base/tokenizer.json"))
+        );
+
+        // All three finetune on the paper's fractions with three seeds.
+        for e in [&base, &large, &continued] {
+            assert_eq!(e.finetune.len(), 3);
+            for f in &e.finetune {
+                assert_eq!(f.fractions, [0.01, 0.05, 0.1, 0.25, 1.0]);
+                assert_eq!(f.seeds, [1, 2, 3]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_pretrain_section_without_steps_or_with_host_fields_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |pretrain: &str| {
+            let path = dir.path().join("e.toml");
+            let text = format!("[build]\nmimic_dir = \"m\"\n\n[pretrain]\n{pretrain}\n");
+            std::fs::write(&path, text).unwrap();
+            Experiment::read(&path).map(|_| ()).unwrap_err().to_string()
+        };
+        assert!(write("model = \"tiny\"").contains("needs `steps`"));
+        assert!(write("steps = 3\nout = \"x\"").contains("cannot set"));
+        assert!(write("steps = 3\nbatch_szie = 4").contains("batch_szie"));
+    }
+}
