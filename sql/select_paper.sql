@@ -39,20 +39,22 @@ FROM (
         FROM stage_notes
     ),
     drafts AS (
-        -- Re-saved MIMIC-III notes: within one (CHARTTIME, SUBJECT_ID, CATEGORY, CGID) keep
-        -- the latest STORETIME (ties: the later row). A NULL CGID never matches: system
-        -- notes such as radiology reports share CHARTTIME without being drafts of each other.
-        SELECT ord, row_number() OVER (
-            PARTITION BY charttime, subject_id, category, cgid
-            ORDER BY storetime DESC NULLS LAST, ord DESC
-        ) AS version
+        -- Re-saved MIMIC-III notes, as the paper's released code finds them: within one
+        -- (CHARTTIME, SUBJECT_ID, CATEGORY, CGID) keep the latest STORETIME, ties to the
+        -- first row. A group is collapsed only when every note in it has a STORETIME; one
+        -- without keeps them all. A NULL CHARTTIME or CGID never groups: system notes such
+        -- as radiology reports share CHARTTIME without being drafts of each other.
+        SELECT ord,
+               row_number() OVER (grp ORDER BY storetime DESC, ord) AS version,
+               count(*) OVER grp = count(storetime) OVER grp AS all_stored
         FROM first_rules
         WHERE reason IS NULL AND source = 'mimic-iii' AND charttime IS NOT NULL
               AND cgid IS NOT NULL
+        WINDOW grp AS (PARTITION BY charttime, subject_id, category, cgid)
     )
     SELECT f.ord, coalesce(f.reason, 'draft_superseded') AS reason
     FROM first_rules f LEFT JOIN drafts d USING (ord)
-    WHERE f.reason IS NOT NULL OR d.version > 1
+    WHERE f.reason IS NOT NULL OR (d.all_stored AND d.version > 1)
 ) r
 WHERE stage_reasons.ord = r.ord;
 

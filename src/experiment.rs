@@ -294,7 +294,10 @@ mod tests {
         let base = shipped("paper.toml");
         let p = &base.pretrain;
         assert_eq!((p.model.as_str(), p.init.as_ref()), ("t5-base", None));
-        assert_eq!((p.steps, sequences_per_step(p), p.warmup), (310_000, 256, 40_000));
+        assert_eq!(
+            (p.steps, sequences_per_step(p), p.warmup),
+            (310_000, 256, 40_000)
+        );
         assert_eq!(p.lr, None, "the inverse-sqrt schedule's own peak");
         assert_eq!(base.build.input_length, Some(512));
         let tokens = p.steps as f64 * sequences_per_step(p) as f64 * 512.0;

@@ -694,3 +694,50 @@ fn near_duplicates_are_recorded_and_dropped_only_under_strict() {
     assert!(err.contains("--no-near-duplicates"), "{err}");
     assert!(!d.join("refused/catalog.duckdb").exists());
 }
+
+#[test]
+fn drafts_collapse_only_when_every_storetime_is_known_and_ties_keep_the_first() {
+    let d = Dir::new();
+    let t = "2150-01-01 08:00:00";
+    let note = |id: u64, cgid: &str, storetime: &str| {
+        m3_row(
+            id,
+            1,
+            "11",
+            t,
+            storetime,
+            "Nursing",
+            cgid,
+            "",
+            &format!("note {id}"),
+        ) + "\n"
+    };
+    let csv = [
+        mimic3_header() + "\n",
+        // Every STORETIME known: the latest stays.
+        note(1, "100", "2150-01-01 09:00:00"),
+        note(2, "100", "2150-01-01 10:00:00"),
+        // One STORETIME missing: the released code keeps the whole group.
+        note(3, "101", "2150-01-01 09:00:00"),
+        note(4, "101", ""),
+        // Saved at the same time: the first row stays.
+        note(5, "102", "2150-01-01 09:00:00"),
+        note(6, "102", "2150-01-01 09:00:00"),
+    ]
+    .concat();
+    d.write("mimic/NOTEEVENTS.csv", csv);
+    d.build_corpus(&["--quiet"]).ok();
+    let got = decisions(&d.join("out"));
+    let reason = |id: &str| got[&("mimic-iii".to_string(), id.to_string())].as_str();
+    let expected = [
+        ("1", "draft_superseded"),
+        ("2", "kept"),
+        ("3", "kept"),
+        ("4", "kept"),
+        ("5", "kept"),
+        ("6", "draft_superseded"),
+    ];
+    for (id, want) in expected {
+        assert_eq!(reason(id), want, "note {id}");
+    }
+}
