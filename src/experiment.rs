@@ -252,9 +252,7 @@ pub fn run(
         if let Some(v) = f.threads {
             config.run.threads = v;
         }
-        if let Some(v) = f.max_new_tokens {
-            config.run.max_new_tokens = v;
-        }
+        config.run.max_new_tokens = f.max_new_tokens;
         let runs = crate::train::finetune::run(&config, plugin, cancel, reporter)?;
         let finished = runs.iter().filter(|r| r.status == "finished").count();
         note(

@@ -114,9 +114,10 @@ pub(crate) struct ModelRunArgs {
     /// Examples per micro-batch, in training and in generation.
     #[arg(long, default_value_t = ModelRun::default().batch_size)]
     pub(crate) batch_size: usize,
-    /// Longest generated answer, in tokens.
-    #[arg(long, default_value_t = ModelRun::default().max_new_tokens)]
-    pub(crate) max_new_tokens: usize,
+    /// Longest generated answer, in tokens [default: the task's: RadQA 30, as the paper's
+    /// code, which also cuts RadQA's training answers to 30; MedNLI and CLIP 64].
+    #[arg(long)]
+    pub(crate) max_new_tokens: Option<usize>,
     /// The catalog [default: the pretraining build's].
     #[arg(long, value_name = "FILE")]
     pub(crate) db: Option<PathBuf>,

@@ -114,7 +114,7 @@ pub fn run(config: &EvaluateConfig, plugin: &Plugin, cancel: &AtomicBool) -> Res
         .join(format!("evaluate-{name}"));
     crate::fsutil::create_private_dir(&work)?;
     crate::catalog::restrict_to_owner(&work)?;
-    let (encoded, truncated) = encode(&tok, &examples, config.task.max_input_tokens())?;
+    let (encoded, truncated) = encode(&tok, &examples, config.task)?;
     write_jsonl(&work.join(format!("{name}.jsonl")), &encoded)?;
     let mut sink = Quiet { cancel };
     let generation = Generation {

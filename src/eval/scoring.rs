@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::{Connection, params};
 use ehrprep_plugin_api::HostSink;
-use ehrprep_plugin_api::requests::{GenerateRequest, default_new_tokens, default_task_batch};
+use ehrprep_plugin_api::requests::{GenerateRequest, default_task_batch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -27,12 +27,19 @@ pub struct ModelRun {
     pub threads: i32,
     /// Examples per plugin batch.
     pub batch_size: usize,
-    /// Longest generated answer, in tokens.
-    pub max_new_tokens: usize,
+    /// Longest generated answer, in tokens; `None`: the task's ([`Task::max_new_tokens`]).
+    pub max_new_tokens: Option<usize>,
     /// The catalog; default: the pretraining build's.
     pub db: Option<PathBuf>,
     /// Default: the pretraining build's tokenizer.
     pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelRun {
+    /// Tokens generated at most for `task`.
+    pub fn max_new_tokens(&self, task: Task) -> usize {
+        self.max_new_tokens.unwrap_or(task.max_new_tokens())
+    }
 }
 
 impl Default for ModelRun {
@@ -41,7 +48,7 @@ impl Default for ModelRun {
             device: "auto".into(),
             threads: 0,
             batch_size: default_task_batch(),
-            max_new_tokens: default_new_tokens(),
+            max_new_tokens: None,
             db: None,
             tokenizer: None,
         }
@@ -118,13 +125,16 @@ pub(crate) struct Encoded {
     pub(crate) target_ids: Vec<u32>,
 }
 
-/// Tokenizes examples; inputs longer than `max` are cut to `max - 1` ids plus `</s>`.
-/// Returns the rows and how many were cut.
+/// Tokenizes examples for `task`: inputs longer than its limit are cut to one id less plus
+/// `</s>`, and so are targets where the task caps them (RadQA, as the paper's code).
+/// Returns the rows and how many inputs were cut.
 pub(crate) fn encode(
     tok: &Tokenizer,
     examples: &[Example],
-    max: usize,
+    task: Task,
 ) -> Result<(Vec<Encoded>, usize)> {
+    let max = task.max_input_tokens();
+    let max_target = task.max_target_tokens().unwrap_or(usize::MAX);
     let eos = tok.token_to_id("</s>").unwrap_or(1);
     let enc = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
         let encodings = tok
@@ -141,11 +151,15 @@ pub(crate) fn encode(
     let rows = examples
         .iter()
         .zip(inputs.into_iter().zip(targets))
-        .map(|(e, (mut input, target))| {
+        .map(|(e, (mut input, mut target))| {
             if input.len() > max {
                 input.truncate(max - 1);
                 input.push(eos);
                 truncated += 1;
+            }
+            if target.len() > max_target {
+                target.truncate(max_target - 1);
+                target.push(eos);
             }
             Encoded {
                 id: e.id.clone(),
@@ -335,7 +349,7 @@ pub(crate) fn predict(
         examples: dir.join(format!("{split}.jsonl")),
         out: out.clone(),
         beams: task.beams(),
-        max_new_tokens: run.max_new_tokens,
+        max_new_tokens: run.max_new_tokens(task),
         batch_size: run.batch_size,
         device: run.device.clone(),
         threads: run.threads,
@@ -382,6 +396,41 @@ impl HostSink for Quiet<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn radqa_answers_are_cut_and_generated_to_30_tokens_as_the_papers_code() {
+        use crate::pack::tokenizer::tests::{corpus, small};
+        let tok = crate::pack::tokenizer::train(&corpus(), &small()).unwrap();
+        let long = corpus().join(" ");
+        let examples = [Example {
+            id: "q1".into(),
+            group: String::new(),
+            input: "question: where? context: here".into(),
+            target: long.clone(),
+            answers: vec![long],
+        }];
+        let eos = tok.token_to_id("</s>").unwrap();
+        let (radqa, _) = encode(&tok, &examples, Task::Radqa).unwrap();
+        assert_eq!(radqa[0].target_ids.len(), 30);
+        assert_eq!(radqa[0].target_ids.last(), Some(&eos));
+        // Tasks without a cap keep the whole target.
+        let (clip, _) = encode(&tok, &examples, Task::Clip).unwrap();
+        assert!(
+            clip[0].target_ids.len() > 100,
+            "{}",
+            clip[0].target_ids.len()
+        );
+        assert_eq!(clip[0].target_ids[..29], radqa[0].target_ids[..29]);
+
+        let run = ModelRun::default();
+        assert_eq!(run.max_new_tokens(Task::Radqa), 30);
+        assert_eq!(run.max_new_tokens(Task::Mednli), 64);
+        let given = ModelRun {
+            max_new_tokens: Some(12),
+            ..ModelRun::default()
+        };
+        assert_eq!(given.max_new_tokens(Task::Radqa), 12);
+    }
 
     fn example(target: &str, answers: &[&str]) -> Example {
         Example {

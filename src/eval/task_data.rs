@@ -43,6 +43,21 @@ impl Task {
         }
     }
 
+    /// The longest target, in tokens with `</s>`, when the paper's code caps it: RadQA's
+    /// answers are cut to 30 tokens in training and generated up to 30.
+    pub fn max_target_tokens(self) -> Option<usize> {
+        match self {
+            Task::Radqa => Some(30),
+            Task::Mednli | Task::Clip => None,
+        }
+    }
+
+    /// Tokens generated at most: the target cap where there is one, else 64.
+    pub fn max_new_tokens(self) -> usize {
+        self.max_target_tokens()
+            .unwrap_or(ehrprep_plugin_api::requests::default_new_tokens())
+    }
+
     /// Beams for generation (the paper's 3 / 1 / 5).
     pub fn beams(self) -> usize {
         match self {

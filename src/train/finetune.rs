@@ -166,8 +166,8 @@ pub fn run(
     }
     let grad_accum = config.effective_batch.div_ceil(batch_size.max(1)).max(1);
 
-    let (validation, _) = encode(&tok, &splits.validation, config.task.max_input_tokens())?;
-    let (test, _) = encode(&tok, &splits.test, config.task.max_input_tokens())?;
+    let (validation, _) = encode(&tok, &splits.validation, config.task)?;
+    let (test, _) = encode(&tok, &splits.test, config.task)?;
     let grid = Grid {
         config,
         plugin,
@@ -249,8 +249,8 @@ impl Grid<'_> {
         crate::fsutil::create_private_dir(&dir)?;
         crate::catalog::restrict_to_owner(&dir)?;
         let train_examples = crate::eval::task_data::sample(&self.splits.train, fraction, seed);
-        let (train, truncated) = encode(&self.tok, &train_examples, task.max_input_tokens())?;
-        let max_new_tokens = config.run.max_new_tokens;
+        let (train, truncated) = encode(&self.tok, &train_examples, task)?;
+        let max_new_tokens = config.run.max_new_tokens(task);
         if !*warned && let Some(longest) = longest_answer(&train).filter(|&n| n > max_new_tokens) {
             self.reporter.note(&format!(
                 "warning: {} training answers run to {longest} tokens, but generation \
