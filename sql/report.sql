@@ -15,5 +15,12 @@ SELECT model, task, fraction, metric, mean, coalesce(sd, 0), seeds, majority FRO
 ORDER BY task, metric, model, fraction;
 
 -- name: paper
-SELECT model, task, fraction, metric, value FROM paper_results
-WHERE size = 'base' ORDER BY task, metric, model;
+-- What the fraction plots draw of the paper's results: each model of the limited-data
+-- tables as a curve, the in-context models as flat lines, and Table 3's base-size models as
+-- points at the full training set.
+SELECT model, task, fraction, metric, value,
+       CASE WHEN model LIKE '%in-context' THEN 'flat'
+            WHEN source = 'Table 3' THEN 'point' ELSE 'curve' END AS kind
+FROM paper_results
+WHERE source <> 'Table 3' OR size = 'base' OR model LIKE '%in-context'
+ORDER BY task, metric, kind, model, fraction;

@@ -9,13 +9,17 @@ use crate::Result;
 pub type Rgb = [u8; 3];
 
 /// Colors for successive series, named for the legend.
-pub const PALETTE: [(&str, Rgb); 6] = [
+pub const PALETTE: [(&str, Rgb); 10] = [
     ("blue", [31, 119, 180]),
     ("orange", [255, 127, 14]),
     ("green", [44, 160, 44]),
     ("red", [214, 39, 40]),
     ("purple", [148, 103, 189]),
     ("brown", [140, 86, 75]),
+    ("pink", [227, 119, 194]),
+    ("gray", [127, 127, 127]),
+    ("olive", [188, 189, 34]),
+    ("cyan", [23, 190, 207]),
 ];
 
 /// One series: points joined by lines, or markers only.

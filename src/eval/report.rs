@@ -119,8 +119,8 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             majority: r.get(7)?,
         })
     })?;
-    let paper: Vec<(MetricKey, f64)> = query(&conn, REPORT.get("paper"), |r| {
-        Ok((MetricKey::read(r)?, r.get(4)?))
+    let paper: Vec<(MetricKey, f64, String)> = query(&conn, REPORT.get("paper"), |r| {
+        Ok((MetricKey::read(r)?, r.get(4)?, r.get(5)?))
     })?;
     if rows.is_empty() {
         md.push_str("No finished finetuning runs.\n");
@@ -169,18 +169,35 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
             });
             legend.push(format!("{name}: {model}"));
         }
-        for (j, (key, value)) in paper
+        // The paper's results as its Fig. 4 draws them: a curve per limited-data model, the
+        // in-context models flat across the fractions, Table 3's base models as points.
+        let mut drawn: BTreeMap<(&str, &str), Vec<(f64, f64)>> = BTreeMap::new();
+        for (key, value, kind) in paper
             .iter()
-            .filter(|(key, _)| key.task == task.as_str() && key.metric == metric)
-            .enumerate()
+            .filter(|(key, _, _)| key.task == task.as_str() && key.metric == metric)
         {
+            drawn
+                .entry((kind.as_str(), key.model.as_str()))
+                .or_default()
+                .push((key.fraction, *value));
+        }
+        for (j, ((kind, model), points)) in drawn.into_iter().enumerate() {
             let (name, color) = PALETTE[(models.len() + j) % PALETTE.len()];
+            let (points, markers, what) = match kind {
+                "flat" => (
+                    PAPER_FRACTIONS.iter().map(|&f| (f, points[0].1)).collect(),
+                    false,
+                    "flat line",
+                ),
+                "point" => (points, true, "square"),
+                _ => (points, false, "line"),
+            };
             series.push(Series {
-                points: vec![(key.fraction, *value)],
+                points,
                 color,
-                markers: true,
+                markers,
             });
-            legend.push(format!("{name} square: paper, {}", key.model));
+            legend.push(format!("{name} {what}: paper, {model}"));
         }
         let file = format!("{}_{metric}.png", task.as_str());
         let path = out.join(&file);
@@ -203,6 +220,9 @@ pub fn write(db: &Path, out: &Path) -> Result<Report> {
     crate::fsutil::write_atomic(&markdown, md.as_bytes())?;
     Ok(Report { markdown, plots })
 }
+
+/// The training fractions of the paper's limited-data experiments.
+const PAPER_FRACTIONS: [f64; 5] = [0.01, 0.05, 0.1, 0.25, 1.0];
 
 /// Which result a row is about: the first four columns of `eval_summary` and `paper`.
 struct MetricKey {

@@ -8,6 +8,7 @@ mod cli;
 mod interop;
 mod metrics;
 mod plugins;
+mod report;
 mod shards;
 mod snapshots;
 mod synth;
