@@ -1,5 +1,5 @@
 //! `ehrprep build`, composed from the stages: discover -> ingest -> set rules -> normalize
-//! and de-duplicate -> catalog.
+//! and de-duplicate -> catalog, then the pack stage (tokenizer, shards).
 //!
 //! The catalog is written under a temporary name and renamed when the build has succeeded,
 //! so a killed build never leaves a catalog that looks complete; a leftover temporary file is
@@ -16,8 +16,7 @@ use crate::catalog::sql::CATALOG;
 use crate::catalog::{self, CATALOG_FILE};
 use crate::corpus::decide::{self, Decided, normalize_and_decide};
 use crate::corpus::discover::{self, Inputs};
-use crate::corpus::ingest::SCRATCH_DIR;
-use crate::corpus::ingest::{self, FileStats};
+use crate::corpus::ingest::{self, FileStats, SCRATCH_DIR};
 use crate::corpus::normalize::Deid;
 use crate::corpus::select::{self, Reason, SetRules};
 use crate::corpus::stats::BuildStats;

@@ -35,12 +35,12 @@ pub struct Experiment {
 #[serde(deny_unknown_fields)]
 pub struct SynthStage {
     pub notes: u64,
-    #[serde(default = "seven")]
+    #[serde(default = "synth_seed")]
     pub seed: u64,
 }
 
-fn seven() -> u64 {
-    7
+fn synth_seed() -> u64 {
+    crate::synth::SynthConfig::default().seed
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,9 +64,9 @@ pub struct FinetuneStage {
     pub task: Task,
     /// The task's official files. Default: OUT/synth/tasks/TASK with `[synth]`.
     pub data: Option<PathBuf>,
-    #[serde(default = "full")]
+    #[serde(default = "paper_fractions")]
     pub fractions: Vec<f64>,
-    #[serde(default = "one_seed")]
+    #[serde(default = "paper_seeds")]
     pub seeds: Vec<u64>,
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
@@ -77,12 +77,12 @@ pub struct FinetuneStage {
     pub max_new_tokens: Option<usize>,
 }
 
-fn full() -> Vec<f64> {
-    vec![1.0]
+fn paper_fractions() -> Vec<f64> {
+    FinetuneConfig::new(Task::Mednli, PathBuf::new(), PathBuf::new()).fractions
 }
 
-fn one_seed() -> Vec<u64> {
-    vec![1]
+fn paper_seeds() -> Vec<u64> {
+    FinetuneConfig::new(Task::Mednli, PathBuf::new(), PathBuf::new()).seeds
 }
 
 impl Experiment {

@@ -83,6 +83,21 @@ pub fn candidates(dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 impl Plugin {
+    /// Sets the environment variables the plugin declares (`PluginInfo::env`) that are not
+    /// set already, for the libraries it loads, which read them when they start.
+    ///
+    /// # Safety
+    /// It writes the process environment: no other thread may exist (one reading the
+    /// environment from C while it is written is undefined behaviour).
+    pub unsafe fn prepare_environment(&self) {
+        for (key, value) in &self.info.env {
+            if std::env::var_os(key).is_none() {
+                // SAFETY: the caller guarantees this is the process's only thread.
+                unsafe { std::env::set_var(key, value) }
+            }
+        }
+    }
+
     /// Loads `path` and checks that it is a plugin for this ABI.
     pub fn load(path: &Path) -> Result<Plugin> {
         // SAFETY: loading runs the library's initializers; a plugin is trusted code the

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::build::BuildConfig;
+use crate::build::{BuildConfig, Recipe};
+use crate::corpus::normalize::Deid;
 use crate::eval::evaluate::Split;
 use crate::eval::scoring::ModelRun;
 use crate::eval::task_data::Task;
 use crate::pack::PackSettings;
 use crate::plugin::Plugin;
+use crate::synth::SynthConfig;
 use crate::train::finetune::FinetuneConfig;
 use ehrprep_plugin_api::requests::{OptimizerKind, PretrainRequest};
 
@@ -131,7 +133,7 @@ pub(crate) struct ModelRunArgs {
 impl ModelRunArgs {
     /// The settings, and the plugin with the `capability`.
     pub(crate) fn resolve(self, capability: &str) -> anyhow::Result<(ModelRun, Plugin)> {
-        let plugin = crate::plugin::find(capability, self.plugin.as_deref())?;
+        let plugin = super::find_plugin(capability, self.plugin.as_deref())?;
         let run = ModelRun {
             device: self.device,
             threads: self.threads,
@@ -148,6 +150,8 @@ impl ModelRunArgs {
 static BUILD: std::sync::LazyLock<BuildConfig> =
     std::sync::LazyLock::new(|| BuildConfig::new(PathBuf::new(), PathBuf::new()));
 static PACK: std::sync::LazyLock<PackSettings> = std::sync::LazyLock::new(PackSettings::default);
+
+static SYNTH: std::sync::LazyLock<SynthConfig> = std::sync::LazyLock::new(SynthConfig::default);
 
 /// The pretraining defaults: the request's own.
 static PRETRAIN: std::sync::LazyLock<PretrainRequest> =
@@ -224,10 +228,10 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) checkpoint: PathBuf,
     /// Fractions of the training set, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_values_t = FINETUNE.fractions.clone())]
     pub(crate) fractions: Vec<f64>,
     /// Seeds, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    #[arg(long, value_delimiter = ',', default_values_t = FINETUNE.seeds.clone())]
     pub(crate) seeds: Vec<u64>,
     /// Epochs [default: the paper's: MedNLI 40, RadQA 50, CLIP 40].
     #[arg(long)]
@@ -335,7 +339,7 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_name = "OUT")]
     pub(crate) out: PathBuf,
     /// Corpus recipe.
-    #[arg(long, value_enum, default_value_t = RecipeArg::Paper)]
+    #[arg(long, value_enum, default_value_t = BUILD.recipe.into())]
     pub(crate) recipe: RecipeArg,
     /// Skip near-duplicate detection (MinHash): `dedup_clusters` stays empty, the build is
     /// faster. The paper's recipe does not use it; `--recipe strict` needs it.
@@ -348,7 +352,7 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) exclude_subjects: Option<PathBuf>,
     /// De-identification placeholders: replace with typed tags, or keep as they are.
-    #[arg(long, value_enum, default_value_t = DeidArg::Tags)]
+    #[arg(long, value_enum, default_value_t = BUILD.deid.into())]
     pub(crate) deid: DeidArg,
     /// Replace a finished build in OUT.
     #[arg(long)]
@@ -409,10 +413,10 @@ pub(crate) struct SynthArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) out: PathBuf,
     /// Number of notes to write across both releases.
-    #[arg(long, default_value_t = 2000, value_name = "N")]
+    #[arg(long, default_value_t = SYNTH.notes, value_name = "N")]
     pub(crate) notes: u64,
     /// Random seed; the same seed gives byte-identical files.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = SYNTH.seed)]
     pub(crate) seed: u64,
     /// Write plain .csv instead of .csv.gz.
     #[arg(long)]
@@ -439,4 +443,40 @@ pub(crate) struct SqlArgs {
     pub(crate) format: Format,
     /// The query.
     pub(crate) query: String,
+}
+
+impl From<Recipe> for RecipeArg {
+    fn from(r: Recipe) -> RecipeArg {
+        match r {
+            Recipe::Paper => RecipeArg::Paper,
+            Recipe::Strict => RecipeArg::Strict,
+        }
+    }
+}
+
+impl From<RecipeArg> for Recipe {
+    fn from(r: RecipeArg) -> Recipe {
+        match r {
+            RecipeArg::Paper => Recipe::Paper,
+            RecipeArg::Strict => Recipe::Strict,
+        }
+    }
+}
+
+impl From<Deid> for DeidArg {
+    fn from(d: Deid) -> DeidArg {
+        match d {
+            Deid::Tags => DeidArg::Tags,
+            Deid::Keep => DeidArg::Keep,
+        }
+    }
+}
+
+impl From<DeidArg> for Deid {
+    fn from(d: DeidArg) -> Deid {
+        match d {
+            DeidArg::Tags => Deid::Tags,
+            DeidArg::Keep => Deid::Keep,
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The command line: clap types, parsing, and one function per subcommand. Stage code never
-//! sees these types; it gets a [`BuildConfig`] or plain values.
+//! The command line: parsing (the clap types are in `args`) and one function per
+//! subcommand. Stage code never sees clap: each command turns its arguments into the
+//! stage's own config (`BuildConfig`, `PretrainConfig`, `FinetuneConfig`, `EvaluateConfig`).
 //!
 //! Exit codes: 0 success, 2 error. Errors print once as `error: ...` with indented causes.
 
@@ -14,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::build::{BuildConfig, Recipe, run_build};
-use crate::corpus::normalize::Deid;
+use crate::build::{BuildConfig, run_build};
 use crate::pack::PackSettings;
 use crate::pack::tokenizer::TokenizerConfig;
+use crate::plugin::Plugin;
 use crate::synth::SynthConfig;
 use crate::train::finetune::FinetuneConfig;
 use crate::train::pretrain::PretrainConfig;
@@ -81,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
         }) => {
             let experiment = crate::experiment::Experiment::read(&file)?;
-            let plugin = crate::plugin::find("finetune", plugin.as_deref())?;
+            let plugin = find_plugin("finetune", plugin.as_deref())?;
             let cancel = cancel_on_ctrl_c();
             let reporter = BarReporter::new(quiet);
             let log = crate::experiment::run(&experiment, &out, &plugin, cancel, &reporter)?;
@@ -109,7 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
-    let plugin = crate::plugin::find("pretrain", args.plugin.as_deref())?;
+    let plugin = find_plugin("pretrain", args.plugin.as_deref())?;
     let cancel = cancel_on_ctrl_c();
     let resume = args.resume.is_some();
     let request = PretrainRequest {
@@ -201,6 +202,22 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The plugin with `capability`, its declared environment set. Every command that runs a
+/// plugin finds it here first, before the Ctrl-C handler, the progress bars or DuckDB start
+/// threads.
+fn find_plugin(capability: &str, explicit: Option<&Path>) -> anyhow::Result<Plugin> {
+    let plugin = crate::plugin::find(capability, explicit)?;
+    // SAFETY: called before ehrprep starts any thread of its own (see above). A library
+    // the plugin loaded may have started threads while the plugin answered `info` (the
+    // CUDA driver does when asked for devices); they read the environment when they start,
+    // and the variables a plugin declares are read later, by libraries not yet started.
+    #[allow(unsafe_code)]
+    unsafe {
+        plugin.prepare_environment()
+    };
+    Ok(plugin)
+}
+
 /// First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.
 fn cancel_on_ctrl_c() -> &'static AtomicBool {
     let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
@@ -252,15 +269,9 @@ fn plugins_list(explicit: Option<&Path>) -> anyhow::Result<()> {
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let mut config = BuildConfig::new(args.mimic_dir, args.out);
-    config.recipe = match args.recipe {
-        RecipeArg::Paper => Recipe::Paper,
-        RecipeArg::Strict => Recipe::Strict,
-    };
+    config.recipe = args.recipe.into();
     config.near_duplicates = !args.no_near_duplicates;
-    config.deid = match args.deid {
-        DeidArg::Tags => Deid::Tags,
-        DeidArg::Keep => Deid::Keep,
-    };
+    config.deid = args.deid.into();
     config.task_data = args.task_data;
     config.exclude_subjects = args.exclude_subjects;
     config.force = args.force;

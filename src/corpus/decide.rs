@@ -6,9 +6,10 @@
 //! digest, kept), sketched for near-duplicate detection, and appended to `corpus` by a
 //! writer thread; `note_decisions` is written by SQL at the end.
 
-use foldhash::{HashSet, HashSetExt};
 use std::path::Path;
 use std::sync::Arc;
+
+use foldhash::{HashSet, HashSetExt};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::take;
@@ -17,8 +18,7 @@ use duckdb::Connection;
 use rayon::prelude::*;
 
 use crate::catalog::sql::{CATALOG, SELECT_PAPER};
-use crate::corpus::dedup::MinHashConfig;
-use crate::corpus::dedup::{Sketch, SketchSpill};
+use crate::corpus::dedup::{MinHashConfig, Sketch, SketchSpill};
 use crate::corpus::ingest::NoteText;
 use crate::corpus::normalize::{Deid, normalize};
 use crate::corpus::reread::{NoteBatch, Runs, TextReader, with_text};

@@ -53,6 +53,7 @@ const ICUSTAYS_NEEDED: [&str; 2] = ["SUBJECT_ID", "DBSOURCE"];
 /// Under the output folder: decompressed copies of the inputs live here while they are
 /// read, and the MinHash sketches; never left behind.
 pub const SCRATCH_DIR: &str = "ingest.partial";
+
 /// What one input file contributed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FileStats {

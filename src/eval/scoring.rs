@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::{Connection, params};
 use ehrprep_plugin_api::HostSink;
-use ehrprep_plugin_api::requests::{GenerateRequest, default_task_batch};
+use ehrprep_plugin_api::requests::{GenerateRequest, default_device, default_task_batch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -45,7 +45,7 @@ impl ModelRun {
 impl Default for ModelRun {
     fn default() -> Self {
         ModelRun {
-            device: "auto".into(),
+            device: default_device(),
             threads: 0,
             batch_size: default_task_batch(),
             max_new_tokens: None,

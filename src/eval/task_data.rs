@@ -18,7 +18,7 @@ use crate::corpus::normalize::{Deid, normalize};
 use crate::{Error, Result, Source};
 
 /// A downstream task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     Mednli,

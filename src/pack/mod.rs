@@ -45,7 +45,7 @@ impl Default for PackSettings {
             inputs_length: 512,
             validation_fraction: 0.01,
             seed: 42,
-            rows_per_shard: 100_000,
+            rows_per_shard: PackConfig::default().rows_per_shard,
         }
     }
 }

@@ -33,6 +33,17 @@ pub struct SynthConfig {
     pub long_notes: bool,
 }
 
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            notes: 2000,
+            seed: 7,
+            gzip: true,
+            long_notes: false,
+        }
+    }
+}
+
 /// Writes everything under `out`; returns each file with its record count.
 pub fn write(out: &Path, config: &SynthConfig) -> Result<Vec<(PathBuf, u64)>> {
     if config.notes == 0 {

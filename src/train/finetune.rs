@@ -51,7 +51,8 @@ impl FinetuneConfig {
             data,
             checkpoint,
             fractions: vec![1.0],
-            seeds: vec![1],
+            // The paper's three seeds per setting.
+            seeds: vec![1, 2, 3],
             epochs: None,
             effective_batch: 64,
             lr: ehrprep_plugin_api::requests::default_finetune_lr(),

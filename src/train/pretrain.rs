@@ -206,6 +206,7 @@ pub fn run(
         reporter,
         failure: None,
         started: false,
+        warned_malformed: false,
     };
     let outcome = plugin.call("pretrain", &request_json, &mut sink);
     let failure = sink.failure.take();
@@ -237,6 +238,8 @@ struct Sink<'a> {
     /// The first catalog error; reported when the call returns.
     failure: Option<Error>,
     started: bool,
+    /// A malformed event has been reported (once per run).
+    warned_malformed: bool,
 }
 
 impl Sink<'_> {
@@ -324,8 +327,16 @@ impl HostSink for Sink<'_> {
     }
 
     fn event(&mut self, json: &str) {
-        let Ok(event) = serde_json::from_str::<TrainEvent>(json) else {
-            return;
+        let event = match serde_json::from_str::<TrainEvent>(json) {
+            Ok(event) => event,
+            Err(e) => {
+                if !self.warned_malformed {
+                    self.reporter
+                        .note(&format!("warning: the plugin sent an event ehrprep cannot read ({e}); such events are skipped"));
+                    self.warned_malformed = true;
+                }
+                return;
+            }
         };
         if let Err(e) = self.record(event)
             && self.failure.is_none()

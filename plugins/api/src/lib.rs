@@ -96,6 +96,11 @@ pub struct PluginInfo {
     /// Methods it answers (`pretrain`, ...) and facts about it (`cuda`).
     pub capabilities: Vec<String>,
     pub description: String,
+    /// Environment variables the plugin needs before the libraries it uses start, as
+    /// (name, value). A host sets each one the user has not set, once, before it starts any
+    /// thread of its own (the environment cannot be written safely once threads run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }
 
 /// Why a call did not finish.
@@ -322,6 +327,7 @@ mod tests {
                 version: "1".into(),
                 capabilities: vec!["echo".into()],
                 description: String::new(),
+                env: Vec::new(),
             }
         }
         fn call(method: &str, request: &str, host: &Host<'_>) -> Result<String, CallError> {

@@ -251,7 +251,8 @@ fn default_optimizer() -> OptimizerKind {
 fn default_warmup() -> u64 {
     40_000
 }
-fn default_device() -> String {
+/// Where a model runs unless told: a CUDA device when there is one, else the CPU.
+pub fn default_device() -> String {
     "auto".into()
 }
 fn default_seed() -> u64 {

@@ -12,7 +12,6 @@ use crate::{Error, Result};
 
 /// All rows of one split, each `raw_length` tokens, read in place from the mapped shards.
 pub struct Rows {
-    pub raw_length: usize,
     shards: Vec<MappedShard>,
     /// The first row of each shard.
     starts: Vec<usize>,
@@ -40,7 +39,6 @@ impl Rows {
             shards.push(shard);
         }
         Ok(Rows {
-            raw_length: manifest.raw_length,
             shards,
             starts,
             len,

@@ -17,6 +17,7 @@ impl Plugin for Echo {
             version: env!("CARGO_PKG_VERSION").into(),
             capabilities: vec!["echo".into(), "wait".into()],
             description: "returns what it is sent".into(),
+            env: Vec::new(),
         }
     }
 

@@ -10,7 +10,9 @@ use tch::{Kind, Tensor, nn};
 
 use crate::model::T5Config;
 use crate::optim::Optimizer;
-use crate::train::{PretrainRequest, TrainerState};
+use ehrprep_plugin_api::requests::PretrainRequest;
+
+use crate::train::TrainerState;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CallError + '_ {
     move |e| CallError::Failed(format!("`{}`: {e}", path.display()))

@@ -4,9 +4,10 @@
 //! threads arrive), so a resumed run could never match an uninterrupted one.
 //!
 //! cuBLAS is deterministic only with a fixed workspace, which it reads from
-//! `CUBLAS_WORKSPACE_CONFIG` when it creates its first handle (the first matrix product on
-//! the device): [`deterministic_algorithms`] sets it, unless the user did, before the
-//! plugin runs anything on CUDA. The host knows nothing of CUDA.
+//! `CUBLAS_WORKSPACE_CONFIG` when it creates its first handle: the plugin declares the
+//! variable in its info, and the host sets it (unless the user did) before it
+//! starts any thread, as it does for any plugin's declared environment. PyTorch refuses a
+//! matrix product in deterministic mode without it, so a miss is a clear error, not drift.
 
 /// Turns PyTorch's deterministic algorithms on for this process (an operation with no
 /// deterministic CUDA kernel then fails with PyTorch's error instead of running). Called
@@ -19,7 +20,6 @@
 /// decoding, where each step's small tensors are new allocations: it is turned off, and
 /// [`fill_uninitialized_memory`] turns it back on to measure or debug.
 pub fn deterministic_algorithms() {
-    fix_cublas_workspace();
     // SAFETY: `at::globalContext()` returns a reference to PyTorch's process-wide context,
     // which lives for the whole process; `Context::setDeterministicAlgorithms(bool, bool)`
     // is a plain non-virtual member function. Under the Itanium C++ ABI (Linux, x86-64 and
@@ -83,28 +83,9 @@ mod ffi {
     }
 }
 
-/// cuBLAS's deterministic workspace setting.
+/// cuBLAS's deterministic workspace setting: the plugin declares it in its `PluginInfo::env`,
+/// and `t5-bench` sets it first thing in `main`.
 pub const CUBLAS_WORKSPACE: (&str, &str) = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
-
-/// Sets [`CUBLAS_WORKSPACE`] unless the user set the variable. PyTorch refuses a matrix
-/// product in deterministic mode without it, so a miss is a clear error, not drift.
-fn fix_cublas_workspace() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let (key, value) = CUBLAS_WORKSPACE;
-    ONCE.call_once(|| {
-        if std::env::var_os(key).is_none() {
-            // SAFETY: this runs once, when a call first chooses a CUDA device and before
-            // anything runs on it. Rust code reads the environment under std's lock; what
-            // else runs then (the host's signal and progress threads, libtorch's idle CPU
-            // pools) does not read the environment from C, and cuBLAS reads it later, when
-            // its first handle is made.
-            #[allow(unsafe_code)]
-            unsafe {
-                std::env::set_var(key, value)
-            }
-        }
-    });
-}
 
 #[cfg(test)]
 mod tests {

@@ -7,13 +7,15 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
 
-use ehrprep_plugin_api::requests::TrainEvent;
+use ehrprep_plugin_api::requests::{
+    FinetuneRequest, FinetuneResult, GenerateRequest, OptimizerKind, TrainEvent,
+};
 use ehrprep_plugin_api::{CallError, Host};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::model::{T5, T5Config};
-use crate::optim::{Optimizer, OptimizerKind, clip_grad_norm};
+use crate::optim::{Optimizer, clip_grad_norm};
 use crate::train::{TrainerState, device_for};
 
 /// One tokenized example; `target_ids` end with `</s>`, `input_ids` too.
@@ -44,8 +46,6 @@ pub fn read_encoded(path: &Path) -> Result<Vec<Encoded>, CallError> {
     }
     Ok(out)
 }
-
-pub use ehrprep_plugin_api::requests::{FinetuneRequest, FinetuneResult, GenerateRequest};
 
 fn load(dir: &Path, device: Device, dropout: Option<f64>) -> Result<(nn::VarStore, T5), CallError> {
     let mut config = T5Config::read(dir)?;

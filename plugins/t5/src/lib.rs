@@ -13,6 +13,7 @@ pub mod model;
 pub mod optim;
 pub mod train;
 
+use ehrprep_plugin_api::requests::{FinetuneRequest, GenerateRequest, PretrainRequest};
 use ehrprep_plugin_api::{CallError, Host, Plugin, PluginInfo, export_plugin};
 
 /// The plugin as the host sees it.
@@ -27,6 +28,9 @@ impl Plugin for T5Plugin {
         if tch::Cuda::is_available() {
             capabilities.push("cuda".into());
         }
+        // cuBLAS reads it when it makes its first handle; without CUDA it is never read.
+        let (key, value) = cuda::CUBLAS_WORKSPACE;
+        let env = vec![(key.to_string(), value.to_string())];
         PluginInfo {
             name: "t5".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -35,25 +39,26 @@ impl Plugin for T5Plugin {
                 "T5 v1.0/v1.1 pretraining, finetuning and generation in libtorch (presets: {})",
                 model::T5Config::PRESETS.join(", ")
             ),
+            env,
         }
     }
 
     fn call(method: &str, request: &str, host: &Host<'_>) -> Result<String, CallError> {
         match method {
             "pretrain" => {
-                let req: train::PretrainRequest = serde_json::from_str(request)
+                let req: PretrainRequest = serde_json::from_str(request)
                     .map_err(|e| CallError::Failed(format!("bad pretrain request: {e}")))?;
                 let result = train::pretrain(&req, host)?;
                 Ok(serde_json::to_string(&result).expect("result serializes"))
             }
             "finetune" => {
-                let req: finetune::FinetuneRequest = serde_json::from_str(request)
+                let req: FinetuneRequest = serde_json::from_str(request)
                     .map_err(|e| CallError::Failed(format!("bad finetune request: {e}")))?;
                 let result = finetune::finetune(&req, host)?;
                 Ok(serde_json::to_string(&result).expect("result serializes"))
             }
             "generate" => {
-                let req: finetune::GenerateRequest = serde_json::from_str(request)
+                let req: GenerateRequest = serde_json::from_str(request)
                     .map_err(|e| CallError::Failed(format!("bad generate request: {e}")))?;
                 Ok(finetune::generate(&req, host)?.to_string())
             }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-pub use ehrprep_plugin_api::requests::OptimizerKind;
+use ehrprep_plugin_api::requests::OptimizerKind;
 
 /// The learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ehrprep_plugin_api::requests::TrainEvent;
+use ehrprep_plugin_api::requests::{OptimizerKind, PretrainRequest, TrainEvent};
 use ehrprep_plugin_api::{CallError, Host};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,9 +16,7 @@ use ehrprep_data::shards::{Manifest, Split};
 
 use crate::data::{batch, failed};
 use crate::model::{T5, T5Config};
-use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_grad_norm};
-
-pub use ehrprep_plugin_api::requests::PretrainRequest;
+use crate::optim::{Optimizer, Schedule, clip_grad_norm};
 
 /// What a finished (or stopped) run reports back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +102,13 @@ fn err(context: &str) -> impl Fn(tch::TchError) -> CallError + '_ {
 pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult, CallError> {
     if req.threads > 0 {
         tch::set_num_threads(req.threads);
+    }
+    for (field, path) in [("shards_dir", &req.shards_dir), ("out", &req.out)] {
+        if path.as_os_str().is_empty() {
+            return Err(CallError::Failed(format!(
+                "the pretrain request names no `{field}`"
+            )));
+        }
     }
     let device = device_for(&req.device)?;
     let manifest = Manifest::read(&req.shards_dir).map_err(failed)?;

@@ -139,7 +139,8 @@ fn greedy_and_beam_search_match_transformers_generate() {
 /// and every weight after the last step match transformers' Adafactor on the same batch.
 #[test]
 fn adafactor_steps_match_transformers() {
-    use ehrprep_t5::optim::{Optimizer, OptimizerKind, clip_grad_norm};
+    use ehrprep_plugin_api::requests::OptimizerKind;
+    use ehrprep_t5::optim::{Optimizer, clip_grad_norm};
     let dir = fixture("v1_0");
     let expected: HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("train_golden.safetensors"))

@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use ehrprep::build::{BuildConfig, run_build};
 use ehrprep::pack::PackSettings;
 use ehrprep::pack::tokenizer::TokenizerConfig;
+use ehrprep_plugin_api::requests::{OptimizerKind, PretrainRequest};
 use ehrprep_plugin_api::{CallError, Host, HostSink, LOG_WARN, with_sink};
-use ehrprep_t5::train::{PretrainRequest, PretrainResult, pretrain};
+use ehrprep_t5::train::{PretrainResult, pretrain};
 use serde_json::Value;
 
 /// Shards of the shipped fixtures (small vocabulary, 128-token inputs), built once.
@@ -188,7 +189,7 @@ fn a_stopped_run_resumes_bit_for_bit() {
 fn adamw_and_accumulation_train_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut req = request(dir.path(), 4);
-    req.optimizer = ehrprep_t5::optim::OptimizerKind::Adamw;
+    req.optimizer = OptimizerKind::Adamw;
     req.grad_accum = 2;
     let mut sink = Recorder::default();
     run(&req, &mut sink).unwrap();
@@ -227,7 +228,7 @@ fn bad_requests_are_refused_with_a_reason() {
     );
     let mut req = request(dir.path(), 2);
     req.resume = true;
-    req.optimizer = ehrprep_t5::optim::OptimizerKind::Adamw;
+    req.optimizer = OptimizerKind::Adamw;
     let err = run(&req, &mut Recorder::default()).unwrap_err();
     assert!(
         matches!(&err, CallError::Failed(m) if m.contains("resume it with the same")),

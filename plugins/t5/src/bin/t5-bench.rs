@@ -18,14 +18,23 @@ use std::path::Path;
 use std::time::Instant;
 
 use ehrprep_plugin_api::CallError;
+use ehrprep_plugin_api::requests::OptimizerKind;
 use ehrprep_t5::checkpoint::load_hf;
 use ehrprep_t5::generate::generate;
 use ehrprep_t5::model::{T5, T5Config, cross_entropy};
-use ehrprep_t5::optim::{Optimizer, OptimizerKind, clip_grad_norm};
+use ehrprep_t5::optim::{Optimizer, clip_grad_norm};
 use ehrprep_t5::train::{device_for, device_name};
 use tch::{Device, Kind, Tensor, nn};
 
 fn main() {
+    let (key, value) = ehrprep_t5::cuda::CUBLAS_WORKSPACE;
+    if std::env::var_os(key).is_none() {
+        // SAFETY: first thing in `main`, while this is the process's only thread.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(key, value)
+        }
+    }
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
         args.iter()

@@ -160,11 +160,13 @@ fn a_finetuned_tiny_model_beats_chance_on_synthetic_mednli_and_resumes() {
          WHERE m.split = 'test'",
     );
     assert_eq!(lineage, [vec!["tiny", "succeeded"]]);
+    // The paper's MedNLI numbers: Table 3's twelve models and Table 11's five at five
+    // fractions.
     let paper = query(
         &dir,
-        "SELECT count(*) FROM paper_results WHERE task = 'mednli'",
+        "SELECT source, count(*) FROM paper_results WHERE task = 'mednli' GROUP BY 1 ORDER BY 1",
     );
-    assert_eq!(paper, [vec!["9"]]);
+    assert_eq!(paper, [vec!["Table 11", "25"], vec!["Table 3", "12"]]);
 
     // `evaluate` rescores the best epoch on test: the same accuracy, as its own run with the
     // finetuning run's lineage.
