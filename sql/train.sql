@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS train_runs (
     status           VARCHAR NOT NULL, -- running | finished | cancelled | failed
     steps_done       BIGINT NOT NULL
 );
+-- The dropout trained with (catalogs from before it was recorded gain the column).
+ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS dropout DOUBLE;
 CREATE TABLE IF NOT EXISTS train_steps (
     run_id          VARCHAR NOT NULL,
     step            BIGINT NOT NULL,
@@ -43,7 +45,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 SELECT count(*) FROM build_runs WHERE build_id = ? AND status = 'succeeded';
 
 -- name: insert_run
-INSERT INTO train_runs VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, now(), NULL, 'running', 0);
+INSERT INTO train_runs VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, now(), NULL, 'running', 0, NULL);
 
 -- name: run_of_folder
 SELECT run_id FROM train_runs WHERE out = ? ORDER BY started_at DESC LIMIT 1;
@@ -60,7 +62,7 @@ UPDATE train_runs SET status = 'running', finished_at = NULL, config = ?, out = 
 DELETE FROM train_steps WHERE run_id = ? AND step > ?;
 
 -- name: started
-UPDATE train_runs SET device = ?, parameters = ?, model_config = ? WHERE run_id = ?;
+UPDATE train_runs SET device = ?, parameters = ?, model_config = ?, dropout = ? WHERE run_id = ?;
 
 -- name: insert_step
 INSERT INTO train_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL);

@@ -297,6 +297,7 @@ mod tests {
             (310_000, 256, 40_000)
         );
         assert_eq!(p.lr, None, "the inverse-sqrt schedule's own peak");
+        assert_eq!(p.dropout, Some(0.1));
         assert_eq!(base.build.input_length, Some(512));
         let tokens = p.steps as f64 * sequences_per_step(p) as f64 * 512.0;
         assert!((tokens / 40e9 - 1.0).abs() < 0.02, "{tokens}");

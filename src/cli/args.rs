@@ -290,6 +290,10 @@ pub(crate) struct PretrainArgs {
     /// Clip the gradient norm to this (0: off).
     #[arg(long, default_value_t = PRETRAIN.clip)]
     pub(crate) clip: f64,
+    /// Dropout in training [default: the model family's: T5 v1.0 presets 0.1, as the paper
+    /// pretrained; v1.1 presets 0.0; an --init checkpoint its own].
+    #[arg(long)]
+    pub(crate) dropout: Option<f64>,
     /// auto, cpu, cuda or cuda:N. CUDA trains in bf16, the CPU in f32.
     #[arg(long, default_value_t = PRETRAIN.device.clone())]
     pub(crate) device: String,

@@ -123,6 +123,7 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         lr: args.lr,
         warmup: args.warmup,
         clip: args.clip,
+        dropout: args.dropout,
         device: args.device,
         seed: args.seed,
         eval_every: args.eval_every,

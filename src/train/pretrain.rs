@@ -253,6 +253,7 @@ impl Sink<'_> {
                 device,
                 parameters,
                 model_config,
+                dropout,
             } => {
                 conn.execute(
                     TRAIN.get("forget_steps_after"),
@@ -261,7 +262,7 @@ impl Sink<'_> {
                 .map_err(Error::catalog("forgetting replayed steps"))?;
                 conn.execute(
                     TRAIN.get("started"),
-                    params![device, parameters, model_config.to_string(), id],
+                    params![device, parameters, model_config.to_string(), dropout, id],
                 )
                 .map_err(Error::catalog("recording the device"))?;
                 self.reporter.start("pretrain", steps, "steps");

@@ -65,6 +65,10 @@ pub struct PretrainRequest {
     /// Clip the global gradient norm to this (0: no clipping).
     #[serde(default = "one_f")]
     pub clip: f64,
+    /// Dropout in training; default: the model family's (T5 v1.0 presets 0.1, as the
+    /// paper pretrained; v1.1 presets 0.0, as T5 v1.1 did; an `init` checkpoint its own).
+    #[serde(default)]
+    pub dropout: Option<f64>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -106,6 +110,7 @@ impl Default for PretrainRequest {
             lr: None,
             warmup: default_warmup(),
             clip: one_f(),
+            dropout: None,
             device: default_device(),
             seed: default_seed(),
             eval_every: default_every(),
@@ -209,6 +214,9 @@ pub enum TrainEvent {
         parameters: i64,
         /// The model's Hugging Face `config.json`.
         model_config: serde_json::Value,
+        /// The dropout it trains with.
+        #[serde(default)]
+        dropout: f64,
     },
     /// After every optimizer step.
     TrainStep {

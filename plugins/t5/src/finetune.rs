@@ -115,6 +115,8 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
     // This epoch's order and dropout masks follow from (seed, epoch) alone.
     let mix = req.seed.wrapping_mul(ehrprep_data::rng::GOLDEN)
         ^ req.epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    // Held for the epoch: the dropout masks come from libtorch's global generator.
+    let _guard = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed((mix >> 1) as i64);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut rng = ehrprep_data::rng::Rng::new(mix);

@@ -16,6 +16,10 @@ pub mod train;
 use ehrprep_plugin_api::requests::{FinetuneRequest, GenerateRequest, PretrainRequest};
 use ehrprep_plugin_api::{CallError, Host, Plugin, PluginInfo, export_plugin};
 
+/// libtorch's random generator is global: whatever seeds it and then draws (initial
+/// weights, dropout masks) holds this, so runs in one process cannot interleave draws.
+pub(crate) static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The plugin as the host sees it.
 pub struct T5Plugin;
 

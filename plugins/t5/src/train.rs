@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
 use ehrprep_data::examples::{Examples, Rows};
+use ehrprep_data::rng::GOLDEN;
 use ehrprep_data::shards::{Manifest, Split};
 
 use crate::data::{batch, failed};
@@ -41,6 +42,14 @@ pub struct TrainerState {
     pub build_id: String,
     pub tokenizer_sha256: String,
     pub validation_loss: Option<f64>,
+}
+
+/// The seed of the dropout masks of micro-batch `micro` of optimizer step `step` (0-based).
+fn dropout_seed(seed: u64, step: u64, micro: u64) -> i64 {
+    let mut r = ehrprep_data::rng::Rng::new(
+        seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ micro.wrapping_mul(GOLDEN),
+    );
+    (r.next_u64() >> 1) as i64
 }
 
 /// The device a request names; choosing a CUDA device turns on deterministic algorithms.
@@ -169,8 +178,25 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             config.vocab_size, manifest.tokenizer.vocab_size
         )));
     }
-    // T5 v1.1 turned dropout off for pretraining.
-    config.dropout_rate = 0.0;
+    // The paper pretrained T5 v1.0 configs with dropout 0.1; T5 v1.1 turned it off. A
+    // checkpoint continued (or resumed) keeps its own unless the request names one.
+    config.dropout_rate = match (req.dropout, &resume_from, &req.init) {
+        (Some(p), _, _) => p,
+        (None, None, None) => {
+            if config.gated() {
+                0.0
+            } else {
+                0.1
+            }
+        }
+        (None, _, _) => config.dropout_rate,
+    };
+    if !(0.0..1.0).contains(&config.dropout_rate) {
+        return Err(CallError::Failed(format!(
+            "dropout {} is not in [0, 1)",
+            config.dropout_rate
+        )));
+    }
     // The tokenizer decides the special ids; generation stops at its `</s>`.
     let (pad, eos) = (
         manifest.tokenizer.pad_id as i64,
@@ -196,8 +222,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     };
     let model = {
         // libtorch's generator is global: seed and draw the initial weights in one piece.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(req.seed as i64);
         T5::new(&vs, config.clone(), compute)
     };
@@ -280,6 +305,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         device: device_label.clone(),
         parameters,
         model_config: serde_json::to_value(&config).expect("the config serializes"),
+        dropout: config.dropout_rate,
     });
 
     let mut train = Examples::new(&train_rows, &manifest, req.seed, true);
@@ -322,10 +348,16 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut zeroed = false;
-        for _ in 0..req.grad_accum {
+        for micro in 0..req.grad_accum as u64 {
             let b = batch(&mut train, examples_seen, req.batch_size, device);
             examples_seen += req.batch_size as u64;
-            let loss = model.loss(&b.inputs, &b.mask, &b.labels, true);
+            // Dropout masks are a function of (seed, step, micro-batch), so a resumed run
+            // draws the ones an uninterrupted run would have.
+            let loss = {
+                let _guard = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                tch::manual_seed(dropout_seed(req.seed, step, micro));
+                model.loss(&b.inputs, &b.mask, &b.labels, true)
+            };
             if !zeroed {
                 for (_, p) in &params {
                     let mut g = p.grad();

@@ -166,6 +166,9 @@ fn a_stopped_run_resumes_bit_for_bit() {
     req.resume = true;
     let mut sink = Recorder::default();
     let resumed = run(&req, &mut sink).unwrap();
+    // With dropout on (the tiny v1.0 preset's 0.1): the masks replay exactly too.
+    let start = sink.of_kind("start").next().unwrap();
+    assert_eq!(start["dropout"].as_f64(), Some(0.1));
     assert_eq!(sink.losses().len(), 3, "only the missing steps run");
     assert!(sink.warnings.is_empty(), "{:?}", sink.warnings);
 
@@ -183,6 +186,33 @@ fn a_stopped_run_resumes_bit_for_bit() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["checkpoint-00000003", "checkpoint-00000006"]);
+}
+
+#[test]
+fn dropout_follows_the_model_family_unless_the_request_names_one() {
+    let losses_with = |model: &str, dropout: Option<f64>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(dir.path(), 2);
+        req.model = model.into();
+        req.dropout = dropout;
+        let mut sink = Recorder::default();
+        let result = run(&req, &mut sink).unwrap();
+        let start = sink.of_kind("start").next().unwrap();
+        let used = start["dropout"].as_f64().unwrap();
+        assert_eq!(result.model_config.dropout_rate, used);
+        (used, sink.losses())
+    };
+    // T5 v1.0 presets pretrain with 0.1, as the paper did; v1.1 presets with none.
+    let (v10, with_dropout) = losses_with("tiny", None);
+    assert_eq!(v10, 0.1);
+    assert_eq!(losses_with("tiny-v1_1", None).0, 0.0);
+    // Named in the request, it is what trains: no dropout gives other losses from the
+    // same weights and data.
+    let (none, without) = losses_with("tiny", Some(0.0));
+    assert_eq!(none, 0.0);
+    assert_ne!(with_dropout[0], without[0]);
+    // The same request twice gives the same masks.
+    assert_eq!(losses_with("tiny", None).1, with_dropout);
 }
 
 #[test]

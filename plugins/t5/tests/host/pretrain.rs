@@ -58,9 +58,11 @@ fn pretrain_records_steps_and_checkpoints_and_resumes_in_the_catalog() {
 
     let runs = query(
         &dir,
-        "SELECT status, steps_done, device, build_id = (SELECT build_id FROM build_runs), plugin FROM train_runs",
+        "SELECT status, steps_done, device, build_id = (SELECT build_id FROM build_runs), plugin, \
+         dropout::VARCHAR FROM train_runs",
     );
-    assert_eq!(runs, [vec!["finished", "6", "cpu", "true", "t5"]]);
+    // The tiny preset is T5 v1.0: it pretrains with dropout 0.1, as the paper's models did.
+    assert_eq!(runs, [vec!["finished", "6", "cpu", "true", "t5", "0.1"]]);
     let steps = query(
         &dir,
         "SELECT count(*), count(DISTINCT step), max(step), count(validation_loss), bool_and(loss > 0 AND tokens_per_s > 0) FROM train_steps",
