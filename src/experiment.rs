@@ -51,6 +51,9 @@ pub struct BuildStage {
     /// Task files whose patients leave the corpus. Default: OUT/synth/tasks with `[synth]`.
     pub task_data: Option<PathBuf>,
     pub vocab_size: Option<u32>,
+    /// Lowercase before the trained tokenizer (the paper's Clinical-T5-Base was).
+    #[serde(default)]
+    pub lowercase: bool,
     pub input_length: Option<usize>,
     pub validation_fraction: Option<f64>,
     pub seed: Option<u64>,
@@ -190,6 +193,7 @@ pub fn run(
         if let Some(v) = b.vocab_size {
             pack.tokenizer_config.vocab_size = v;
         }
+        pack.tokenizer_config.lowercase = b.lowercase;
         if let Some(v) = b.input_length {
             pack.inputs_length = v;
         }

@@ -374,6 +374,10 @@ pub(crate) struct BuildArgs {
     /// Pieces of the trained tokenizer, special tokens included.
     #[arg(long, default_value_t = PACK.tokenizer_config.vocab_size, value_name = "N")]
     pub(crate) vocab_size: u32,
+    /// Lowercase text before the trained tokenizer sees it, to replicate the paper's
+    /// Clinical-T5-Base (lowercased by a mistake in its script); its Large model is cased.
+    #[arg(long)]
+    pub(crate) lowercase: bool,
     /// Characters of corpus text the tokenizer trains on, taken evenly across the corpus.
     #[arg(long, default_value_t = PACK.tokenizer_config.sample_chars, value_name = "N")]
     pub(crate) tokenizer_sample_chars: usize,

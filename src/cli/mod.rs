@@ -288,6 +288,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         tokenizer_config: TokenizerConfig {
             vocab_size: args.vocab_size,
             sample_chars: args.tokenizer_sample_chars,
+            lowercase: args.lowercase,
             ..TokenizerConfig::default()
         },
         inputs_length: args.input_length,

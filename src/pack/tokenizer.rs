@@ -16,14 +16,17 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tokenizers::models::unigram::{Unigram, UnigramTrainer};
-use tokenizers::normalizers::{NFKC, Replace, Sequence as NormalizerSequence, Strip};
+use tokenizers::normalizers::{
+    Lowercase, NFKC, NormalizerWrapper, Replace, Sequence as NormalizerSequence, Strip,
+};
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::punctuation::Punctuation;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
     AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
-    PreTokenizer, Tokenizer,
+    PreTokenizer, SplitDelimiterBehavior, Tokenizer,
 };
 
 use crate::corpus::normalize::TAGS;
@@ -46,6 +49,10 @@ pub struct TokenizerConfig {
     /// Characters seen fewer times than this in the sample are dropped before training:
     /// the trainer forces every character it sees into the vocabulary.
     pub min_char_count: u64,
+    /// Lowercase before everything else, as the paper's Clinical-T5-Base was trained (by a
+    /// mistake in its script; its Large model and its advice are cased). Off by default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub lowercase: bool,
 }
 
 impl Default for TokenizerConfig {
@@ -54,6 +61,7 @@ impl Default for TokenizerConfig {
             vocab_size: 32_000,
             sample_chars: 200_000_000,
             min_char_count: 50,
+            lowercase: false,
         }
     }
 }
@@ -62,22 +70,35 @@ fn tk_error(doing: &str) -> impl FnOnce(tokenizers::Error) -> Error + '_ {
     move |e| Error::Invalid(format!("tokenizer: {doing}: {e}"))
 }
 
-/// A fresh pipeline: NFKC and whitespace collapse, Metaspace with single digits, `</s>` at
-/// the end of every sequence.
-fn pipeline(model: Unigram) -> Result<Tokenizer> {
+/// A fresh pipeline, the paper's: NFKC (lowercased on request) and whitespace collapse;
+/// Metaspace, then punctuation and digits split off one character at a time; `</s>` at the
+/// end of every sequence.
+fn pipeline(model: Unigram, lowercase: bool) -> Result<Tokenizer> {
     let mut tok = Tokenizer::new(model);
-    tok.with_normalizer(Some(NormalizerSequence::new(vec![
-        NFKC.into(),
-        Replace::new(
-            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
-            " ",
-        )
-        .map_err(tk_error("building the normalizer"))?
-        .into(),
-        Strip::new(true, true).into(),
-    ])));
+    let case: Vec<NormalizerWrapper> = if lowercase {
+        vec![Lowercase.into()]
+    } else {
+        Vec::new()
+    };
+    tok.with_normalizer(Some(NormalizerSequence::new(
+        [
+            case,
+            vec![
+                NFKC.into(),
+                Replace::new(
+                    tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+                    " ",
+                )
+                .map_err(tk_error("building the normalizer"))?
+                .into(),
+                Strip::new(true, true).into(),
+            ],
+        ]
+        .concat(),
+    )));
     tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
         Metaspace::new('▁', PrependScheme::Always, true).into(),
+        Punctuation::new(SplitDelimiterBehavior::Isolated).into(),
         Digits::new(true).into(),
     ])));
     tok.with_decoder(Some(MetaspaceDecoder::new(
@@ -90,7 +111,7 @@ fn pipeline(model: Unigram) -> Result<Tokenizer> {
 
 /// ehrprep's pipeline around an empty model, to compare a loaded tokenizer's parts with.
 pub(crate) fn pipeline_parts() -> Result<Tokenizer> {
-    pipeline(Unigram::default())
+    pipeline(Unigram::default(), false)
 }
 
 /// Removes characters rarer than `min_count` from the training texts (and the tags, which
@@ -119,7 +140,11 @@ pub fn clean_sample(texts: &[String], min_count: u64) -> Vec<String> {
 /// Trains a tokenizer on `texts` (already sampled) and lays it out like T5's.
 pub fn train(texts: &[String], config: &TokenizerConfig) -> Result<Tokenizer> {
     let sample = clean_sample(texts, config.min_char_count);
-    let words = word_counts(&pipeline(Unigram::default())?, &sample)?;
+    let words = word_counts(
+        &pipeline(Unigram::default(), config.lowercase)?,
+        &sample,
+        config.lowercase,
+    )?;
     train_on_words(trainer_words(words), config)
 }
 
@@ -128,7 +153,7 @@ fn train_on_words(words: Vec<(String, u32)>, config: &TokenizerConfig) -> Result
     let trainer = unigram_trainer(config)?;
     let mut model = Unigram::default();
     let special = serial(|| trainer.do_train(words, &mut model)).map_err(tk_error("training"))?;
-    let mut tok = pipeline(model)?;
+    let mut tok = pipeline(model, config.lowercase)?;
     tok.add_special_tokens(&special);
     canonicalize(&mut tok)?;
     finish_layout(&mut tok)?;
@@ -190,13 +215,13 @@ fn trainer_words(words: Vec<(String, u32)>) -> Vec<(String, u32)> {
 /// The trainer's input: each pre-tokenized word of the sample with its count, sorted. The
 /// same words the tokenizer's own pipeline gives (normalizer, then pre-tokenizer), counted
 /// in parallel; ASCII text takes a direct path (NFKC is the identity there, whitespace runs
-/// separate words, each word gets `▁` and its digits are split off one by one), which tests
-/// hold to the pipeline's words.
-fn word_counts(tok: &Tokenizer, sample: &[String]) -> Result<Vec<(String, u32)>> {
+/// separate words, each word gets `▁` and its punctuation and digits are split off one by
+/// one), which tests hold to the pipeline's words.
+fn word_counts(tok: &Tokenizer, sample: &[String], lowercase: bool) -> Result<Vec<(String, u32)>> {
     let counts = sample
         .par_iter()
         .try_fold(HashMap::<String, u32>::default, |mut counts, text| {
-            for word in pre_tokenized_words(tok, text)? {
+            for word in pre_tokenized_words(tok, text, lowercase)? {
                 *counts.entry(word).or_default() += 1;
             }
             Ok::<_, Error>(counts)
@@ -213,13 +238,14 @@ fn word_counts(tok: &Tokenizer, sample: &[String]) -> Result<Vec<(String, u32)>>
 }
 
 /// The words the trainer sees for one text.
-fn pre_tokenized_words(tok: &Tokenizer, text: &str) -> Result<Vec<String>> {
+fn pre_tokenized_words(tok: &Tokenizer, text: &str, lowercase: bool) -> Result<Vec<String>> {
     if text.is_ascii() {
         let mut words = Vec::new();
         for w in text.split(ASCII_WHITESPACE).filter(|w| !w.is_empty()) {
             let mut current = String::from("▁");
             for c in w.chars() {
-                if c.is_ascii_digit() {
+                let c = if lowercase { c.to_ascii_lowercase() } else { c };
+                if c.is_ascii_digit() || c.is_ascii_punctuation() {
                     if !current.is_empty() {
                         words.push(std::mem::take(&mut current));
                     }
@@ -427,7 +453,7 @@ pub(crate) mod tests {
 
     #[test]
     fn word_counts_are_the_pipelines_words_counted() {
-        let tok = pipeline(Unigram::default()).unwrap();
+        let tok = pipeline(Unigram::default(), false).unwrap();
         let sample = clean_sample(&corpus(), small().min_char_count);
         let mut expected: BTreeMap<String, u32> = BTreeMap::new();
         for text in &sample {
@@ -436,7 +462,7 @@ pub(crate) mod tests {
             }
         }
         let expected: Vec<(String, u32)> = expected.into_iter().collect();
-        assert_eq!(word_counts(&tok, &sample).unwrap(), expected);
+        assert_eq!(word_counts(&tok, &sample, false).unwrap(), expected);
     }
 
     #[test]
@@ -445,14 +471,19 @@ pub(crate) mod tests {
         // without the zero-count copies, the trainer must give exactly its tokenizer.
         let config = small();
         let sample = clean_sample(&corpus(), config.min_char_count);
-        let mut reference = pipeline(Unigram::default()).unwrap();
+        let mut reference = pipeline(Unigram::default(), false).unwrap();
         let mut trainer =
             tokenizers::models::TrainerWrapper::UnigramTrainer(unigram_trainer(&config).unwrap());
         serial(|| reference.train(&mut trainer, sample.iter()).map(|_| ())).unwrap();
         canonicalize(&mut reference).unwrap();
         finish_layout(&mut reference).unwrap();
 
-        let words = word_counts(&pipeline(Unigram::default()).unwrap(), &sample).unwrap();
+        let words = word_counts(
+            &pipeline(Unigram::default(), false).unwrap(),
+            &sample,
+            false,
+        )
+        .unwrap();
         let ours = train_on_words(words, &config).unwrap();
         assert_eq!(
             ours.to_string(true).unwrap(),
@@ -482,8 +513,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn punctuation_and_digits_split_off_as_the_papers_pre_tokenizer() {
+        let words = |lowercase| {
+            let tok = pipeline(Unigram::default(), lowercase).unwrap();
+            pipeline_words(&tok, "BP 120/80, Pt. OK").unwrap()
+        };
+        assert_eq!(
+            words(false),
+            [
+                "▁BP", "▁", "1", "2", "0", "/", "8", "0", ",", "▁Pt", ".", "▁OK"
+            ]
+        );
+        assert_eq!(words(true)[0], "▁bp");
+        assert_eq!(words(true)[11], "▁ok");
+    }
+
+    #[test]
     fn direct_words_are_the_pipelines_words() {
-        let tok = pipeline(Unigram::default()).unwrap();
+        for lowercase in [false, true] {
+            direct_words_match(lowercase);
+        }
+    }
+
+    fn direct_words_match(lowercase: bool) {
+        let tok = pipeline(Unigram::default(), lowercase).unwrap();
         let mut texts = corpus();
         texts.extend(
             [
@@ -494,12 +547,14 @@ pub(crate) mod tests {
                 "punct!!! (x) [y] {z} \"q\" 'r' `s` ~ ^ | \\ / < >",
                 "control \x01\x02 \x7f chars \x1c\x1d\x1e\x1f seps",
                 "ünïcode ﬁne ① ２３ and\u{a0}nbsp",
+                "Pt. SEEN @ 08:00, BP 120/80; [**Name**] -- ok?! x,y,z.",
+                ", . ; lone punctuation ... and (parens)",
             ]
             .map(String::from),
         );
         for text in &texts {
             assert_eq!(
-                pre_tokenized_words(&tok, text).unwrap(),
+                pre_tokenized_words(&tok, text, lowercase).unwrap(),
                 pipeline_words(&tok, text).unwrap(),
                 "{text:?}"
             );
@@ -511,6 +566,7 @@ pub(crate) mod tests {
             vocab_size: 300,
             sample_chars: usize::MAX,
             min_char_count: 2,
+            lowercase: false,
         }
     }
 
@@ -569,7 +625,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unusable_tokenizers_are_refused() {
-        let mut tok = pipeline(Unigram::default()).unwrap();
+        let mut tok = pipeline(Unigram::default(), false).unwrap();
         let err = finish_layout(&mut tok).unwrap_err().to_string();
         assert!(err.contains("</s>"), "{err}");
     }

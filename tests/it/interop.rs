@@ -43,6 +43,12 @@ fn fixture_corpus(d: &Dir) -> Vec<String> {
 
 #[test]
 fn tokenizer_ids_match_hugging_face() {
+    for lowercase in [false, true] {
+        ids_match_hugging_face(lowercase);
+    }
+}
+
+fn ids_match_hugging_face(lowercase: bool) {
     let Some(python) = python() else { return };
     let d = Dir::new();
     let texts = fixture_corpus(&d);
@@ -50,6 +56,7 @@ fn tokenizer_ids_match_hugging_face() {
         vocab_size: 2000,
         sample_chars: usize::MAX,
         min_char_count: 2,
+        lowercase,
     };
     let tok = tokenizer::train(&texts, &config).unwrap();
     let dir = d.join("tokenizer");
@@ -65,6 +72,7 @@ fn tokenizer_ids_match_hugging_face() {
     // Text the trainer never saw: rare characters, tags, sentinels, digits.
     for t in [
         "µg ½ tab [Name] at [LOC] <extra_id_0> 12345",
+        "BP 120/80, HR 72; SpO2 98%... (RA) -- Pt. OK?!",
         "  spaces\n\nand\tnewlines  ",
         "",
     ] {

@@ -61,7 +61,7 @@ fn finetune(dir: &Dir, task: &str, data: &Path, extra: &[&str]) -> Run {
         "--effective-batch",
         "16",
         "--lr",
-        "3e-3",
+        "5e-3",
         "--max-new-tokens",
         "12",
         "--plugin",
