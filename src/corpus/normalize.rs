@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use memchr::memmem;
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
@@ -44,81 +44,83 @@ pub const TAGS: [&str; 15] = [
     "[MISC]",
 ];
 
-/// Placeholder type names (the text MIMIC-III's de-identification put before the number),
-/// matched case-insensitively at the start of the placeholder, longest first.
+/// Placeholder type names, in the order the paper's released code tries them
+/// (`convert_deid_to_tag.py`): the first whose text, or its lowercase, occurs anywhere in the
+/// placeholder decides. Order matters: `Hospital Ward Name` is a hospital (`[Company]`), and
+/// `Month/Day/Year` a year.
 const TYPE_NAMES: &[(&str, &str)] = &[
-    ("known firstname", "[Name]"),
-    ("known lastname", "[Name]"),
-    ("first name", "[Name]"),
-    ("last name", "[Name]"),
-    ("female first name", "[Name]"),
-    ("male first name", "[Name]"),
-    ("doctor first name", "[Name]"),
-    ("doctor last name", "[Name]"),
-    ("name prefix", "[Name]"),
-    ("name initial", "[Name]"),
-    ("initials", "[Name]"),
-    ("initial", "[Name]"),
-    ("name", "[Name]"),
-    ("hospital ward name", "[LOC]"),
-    ("hospital unit name", "[LOC]"),
-    ("hospital", "[Company]"),
-    ("company", "[Company]"),
-    ("college", "[Company]"),
-    ("university", "[Company]"),
-    ("medical record number", "[Reg#]"),
-    ("md number", "[Reg#]"),
-    ("clip number", "[Reg#]"),
-    ("job number", "[Reg#]"),
-    ("unit number", "[Reg#]"),
-    ("numeric identifier", "[Reg#]"),
-    ("location", "[LOC]"),
-    ("street address", "[LOC]"),
-    ("apartment address", "[LOC]"),
-    ("wardname", "[LOC]"),
-    ("po box", "[LOC]"),
-    ("telephone", "[#]"),
-    ("pager", "[#]"),
-    ("social security number", "[#]"),
-    ("serial number", "[#]"),
-    ("provider number", "[#]"),
-    ("e-mail address", "[CI]"),
-    ("cc contact info", "[CI]"),
-    ("attending info", "[CI]"),
-    ("dictator info", "[CI]"),
-    ("date range", "[DR]"),
-    ("year", "[YR]"),
-    ("month", "[MO]"),
-    ("day", "[DAY]"),
-    ("holiday", "[DAY]"),
-    ("age over 90", "[Age]"),
-    ("state", "[State]"),
-    ("country", "[Country]"),
-    ("url", "[URL]"),
+    ("First Name", "[Name]"),
+    ("Last Name", "[Name]"),
+    ("Clip Number (Radiology)", "[Reg#]"),
+    ("Hospital", "[Company]"),
+    ("Numeric Identifier", "[Reg#]"),
+    ("Location", "[LOC]"),
+    ("Initials", "[Name]"),
+    ("Known lastname", "[Name]"),
+    ("Known firstname", "[Name]"),
+    ("Age over 90", "[Age]"),
+    ("Medical Record Number", "[Reg#]"),
+    ("Telephone/Fax", "[#]"),
+    ("Name", "[Name]"),
+    ("Street Address", "[LOC]"),
+    ("Date Range", "[DR]"),
+    ("Date range", "[DR]"),
+    ("Serial Number", "[#]"),
+    ("Social Security Number", "[#]"),
+    ("State", "[State]"),
+    ("E-mail address", "[CI]"),
+    ("Company", "[Company]"),
+    ("Pager number", "[#]"),
+    ("Country", "[Country]"),
+    ("MD Number", "[Reg#]"),
+    ("Wardname", "[LOC]"),
+    ("College", "[Company]"),
+    ("Apartment Address", "[LOC]"),
+    ("URL", "[URL]"),
+    ("CC Contact Info", "[CI]"),
+    ("Attending Info", "[CI]"),
+    ("Job Number", "[Reg#]"),
+    ("Year", "[YR]"),
+    ("Month", "[MO]"),
+    ("Day", "[DAY]"),
+    ("Holiday", "[DAY]"),
+    ("Unit Number", "[Reg#]"),
+    ("PO Box", "[LOC]"),
+    ("Dictator Info", "[CI]"),
+    ("Provider Number", "[#]"),
 ];
 
+/// Each type name and its lowercase, as patterns; pattern `i` is type `i % TYPE_NAMES.len()`.
 static TYPE_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let names = TYPE_NAMES.iter().map(|(name, _)| name.to_string());
+    let lower = TYPE_NAMES.iter().map(|(name, _)| name.to_lowercase());
     AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::LeftmostLongest)
-        .start_kind(StartKind::Anchored)
-        .build(TYPE_NAMES.iter().map(|(name, _)| name))
+        .match_kind(MatchKind::Standard)
+        .build(names.chain(lower))
         .expect("placeholder type names form a valid automaton")
 });
+
+/// Month names: a placeholder holding one is a shifted date, kept as text.
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 
 static PLACEHOLDER_OPEN: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new("[**"));
 
 /// Most characters the inside of a `[**...**]` placeholder may have.
 const PLACEHOLDER_CHARS: usize = 120;
-
-/// Real-looking dates MIMIC-III shifted but kept as text: `2151-7-16`, `7-16`, `2151`, `7/16/2151`.
-static DATE_LIKE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^(?:\d{4}(?:-\d{1,2}){0,2}|\d{1,2}-\d{1,2}(?:-\d{2,4})?|\d{1,2}/\d{1,2}(?:/\d{2,4})?)$",
-    )
-    .expect("valid regex")
-});
 
 static WHITESPACE_RUN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid regex"));
 
@@ -318,36 +320,46 @@ fn next_placeholder(text: &str, from: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// The replacement for the inside of one `[**...**]` placeholder.
-pub fn mimic3_tag(inner: &str) -> std::borrow::Cow<'static, str> {
+/// The replacement for the inside of one `[**...**]` placeholder, by the paper's released
+/// rules: a type name anywhere in it gives its tag (the first in [`TYPE_NAMES`] order);
+/// otherwise a date (three `-` parts, or digits with `-` and `/`, or a month's name) stays
+/// as text, a bare number is an identifier (`[Reg#]`, shifted years included), an empty
+/// placeholder goes, and anything else, which the released code refuses, is `[MISC]`.
+pub fn mimic3_tag(inner: &str) -> Cow<'static, str> {
     let trimmed = inner.trim();
-    // Single ASCII spaces are already collapsed: the common case skips the regex.
+    // A placeholder split over a line break reads as one line.
     let collapsed =
-        if trimmed.contains("  ") || !trimmed.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        if trimmed.contains("  ") || trimmed.contains(|c: char| c.is_whitespace() && c != ' ') {
             WHITESPACE_RUN.replace_all(trimmed, " ")
         } else {
             Cow::Borrowed(trimmed)
         };
-    let Some(first) = collapsed.chars().next() else {
-        return "[MISC]".into();
-    };
-    // Dates and bare numbers start with a digit (`\d` is any Unicode digit), type names
-    // with a letter.
-    let maybe_number = first.is_ascii_digit() || !first.is_ascii();
-    let compact: String = if maybe_number {
-        collapsed.chars().filter(|c| !c.is_whitespace()).collect()
-    } else {
-        String::new()
-    };
-    if maybe_number && DATE_LIKE.is_match(&compact) {
+    let text = collapsed.as_ref();
+    let types = TYPE_NAMES.len();
+    if let Some(first) = TYPE_MATCHER
+        .find_overlapping_iter(text)
+        .map(|m| m.pattern().as_usize() % types)
+        .min()
+    {
+        return TYPE_NAMES[first].1.into();
+    }
+    if text.is_empty() {
+        return "".into();
+    }
+    // Dates: what the line break split is joined again.
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.split('-').count() == 3 {
         return compact.into();
     }
-    let input = Input::new(collapsed.as_ref()).anchored(Anchored::Yes);
-    if let Some(m) = TYPE_MATCHER.find(input) {
-        return TYPE_NAMES[m.pattern().as_usize()].1.into();
-    }
-    if maybe_number && compact.chars().all(|c| c.is_ascii_digit()) {
+    if compact.chars().all(char::is_numeric) {
         return "[Reg#]".into();
+    }
+    let digits: String = compact.chars().filter(|&c| c != '-' && c != '/').collect();
+    if !digits.is_empty() && digits.chars().all(char::is_numeric) {
+        return compact.into();
+    }
+    if MONTHS.iter().any(|m| text.contains(m)) {
+        return collapsed.into_owned().into();
     }
     "[MISC]".into()
 }
@@ -406,24 +418,34 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// [`mimic3_tag`] as first written, every step through the regex engine.
-    fn mimic3_tag_reference(inner: &str) -> Cow<'static, str> {
-        let collapsed = WHITESPACE_RUN.replace_all(inner.trim(), " ");
-        if collapsed.is_empty() {
-            return "[MISC]".into();
+    /// The released code's rules, written plainly: the reference for [`mimic3_tag`]'s
+    /// automaton and shortcuts.
+    fn mimic3_tag_reference(inner: &str) -> String {
+        let text = WHITESPACE_RUN.replace_all(inner.trim(), " ").into_owned();
+        for (name, tag) in TYPE_NAMES {
+            if text.contains(name) || text.contains(&name.to_lowercase()) {
+                return tag.to_string();
+            }
         }
-        let compact: String = collapsed.chars().filter(|c| !c.is_whitespace()).collect();
-        if DATE_LIKE.is_match(&compact) {
-            return compact.into();
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if text.is_empty() {
+            String::new()
+        } else if compact.split('-').count() == 3 {
+            compact
+        } else if compact.chars().all(char::is_numeric) {
+            "[Reg#]".into()
+        } else if !compact.replace(['-', '/'], "").is_empty()
+            && compact
+                .replace(['-', '/'], "")
+                .chars()
+                .all(char::is_numeric)
+        {
+            compact
+        } else if MONTHS.iter().any(|m| text.contains(m)) {
+            text
+        } else {
+            "[MISC]".into()
         }
-        let input = Input::new(collapsed.as_ref()).anchored(Anchored::Yes);
-        if let Some(m) = TYPE_MATCHER.find(input) {
-            return TYPE_NAMES[m.pattern().as_usize()].1.into();
-        }
-        if compact.chars().all(|c| c.is_ascii_digit()) {
-            return "[Reg#]".into();
-        }
-        "[MISC]".into()
     }
 
     /// Uniform picks in `0..n` from the crate's seeded generator.
@@ -474,10 +496,10 @@ mod tests {
     }
 
     #[test]
-    fn mimic3_tag_agrees_with_the_regex_reference() {
+    fn mimic3_tag_agrees_with_the_released_rules_written_plainly() {
         let alphabet = [
-            "Known", "lastname", "Name", "hospital", "1", "2151", "-", "/", "7", " ", "  ", "\n",
-            "\t", "\u{a0}", "(", "é", "٣",
+            "Known", "lastname", "Name", "hospital", "Ward", "Day", "Month", "Year", "May", "1",
+            "2151", "-", "/", "7", " ", "  ", "\n", "\t", "\u{a0}", "(", "é", "٣",
         ];
         let mut pick = picker(5);
         for _ in 0..20000 {
@@ -568,54 +590,72 @@ mod tests {
 
     #[test]
     fn every_tag_family_of_mimic3() {
+        // One row per placeholder family and its tag, as the README's table lists them.
         let cases = [
             ("Known lastname 1234", "[Name]"),
+            ("Known firstname 7", "[Name]"),
             ("First Name3 (LF) 1893", "[Name]"),
+            ("Last Name (STitle) 12", "[Name]"),
             ("Name6 (MD) 4789", "[Name]"),
             ("Initials (NamePattern4) 5", "[Name]"),
+            ("Doctor First Name 3", "[Name]"),
             ("Hospital1 18", "[Company]"),
+            ("Hospital Ward Name 3", "[Company]"),
+            ("Hospital Unit Name 10", "[Company]"),
             ("Company 123", "[Company]"),
             ("University/College 77", "[Company]"),
             ("Medical Record Number 1", "[Reg#]"),
             ("MD Number(3) 9225", "[Reg#]"),
             ("Clip Number (Radiology) 39734", "[Reg#]"),
             ("Job Number 1812", "[Reg#]"),
+            ("Unit Number 4", "[Reg#]"),
             ("Numeric Identifier 44", "[Reg#]"),
             ("Location (un) 86", "[LOC]"),
             ("Street Address(2) 55", "[LOC]"),
-            ("Hospital Ward Name 3", "[LOC]"),
+            ("Apartment Address(1) 2", "[LOC]"),
+            ("PO Box 6", "[LOC]"),
             ("Telephone/Fax (1) 673", "[#]"),
             ("Pager number 11", "[#]"),
             ("Social Security Number 9", "[#]"),
+            ("Serial Number 5", "[#]"),
+            ("Provider Number 8", "[#]"),
             ("E-mail address 8", "[CI]"),
             ("CC Contact Info 1", "[CI]"),
             ("Attending Info 2", "[CI]"),
+            ("Dictator Info 3", "[CI]"),
             ("Date Range ", "[DR]"),
+            ("Date range (1) 2", "[DR]"),
             ("Year (4 digits) 3", "[YR]"),
+            ("Month/Day/Year 6", "[YR]"),
             ("Month (only) 51", "[MO]"),
-            ("Day Month 4", "[DAY]"),
+            ("Month/Day 4", "[MO]"),
+            ("Day Month 4", "[MO]"),
             ("Holiday 7", "[DAY]"),
             ("Age over 90 ", "[Age]"),
             ("State 2", "[State]"),
             ("Country 9", "[Country]"),
             ("URL 4", "[URL]"),
+            // No type: dates stay as text, bare numbers are identifiers, empty ones go.
+            ("2151-7-16", "2151-7-16"),
+            ("7-16", "7-16"),
+            ("7/16/2151", "7/16/2151"),
+            ("9-/3389", "9-/3389"),
+            ("2151", "[Reg#]"),
+            ("123456", "[Reg#]"),
+            ("January 5", "January 5"),
+            (" ", ""),
             ("Something New 5", "[MISC]"),
-            (" ", "[MISC]"),
-            ("9-/3389", "[MISC]"),
         ];
         for (inner, want) in cases {
             assert_eq!(mimic3_tag(inner), want, "placeholder `{inner}`");
         }
-        // Bare numbers are identifiers; four bare digits read as a shifted year and stay.
-        assert_eq!(mimic3_tag("123456"), "[Reg#]");
-        assert_eq!(mimic3_tag("2151"), "2151");
     }
 
     #[test]
     fn dates_keep_their_inner_text() {
         assert_eq!(
             iii("Admission Date:  [**2151-7-16**]  Discharge: [**7-16**] in [**2151**]"),
-            "Admission Date:  2151-7-16  Discharge: 7-16 in 2151"
+            "Admission Date:  2151-7-16  Discharge: 7-16 in [Reg#]"
         );
         assert_eq!(iii("on [**7/16/2151**]."), "on 7/16/2151.");
     }
@@ -631,7 +671,7 @@ mod tests {
             "seen by [Name] today"
         );
         assert_eq!(iii("on [**2151-\n7-16**]"), "on 2151-7-16");
-        assert_eq!(iii("empty [** **] here"), "empty [MISC] here");
+        assert_eq!(iii("empty [** **] here"), "empty  here");
     }
 
     #[test]
