@@ -69,7 +69,8 @@ CREATE TEMP TABLE stage_notes (
 );
 CREATE TEMP TABLE stage_icustays (subject_id BIGINT NOT NULL, dbsource VARCHAR);
 CREATE TEMP TABLE stage_task_rows (row_id BIGINT NOT NULL, file VARCHAR NOT NULL);
-CREATE TEMP TABLE stage_excluded (subject_id BIGINT NOT NULL);
+-- source: NULL for an id that applies to both releases.
+CREATE TEMP TABLE stage_excluded (source VARCHAR, subject_id BIGINT NOT NULL);
 
 -- name: drop_stage
 DROP TABLE IF EXISTS stage_notes;

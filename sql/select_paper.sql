@@ -34,7 +34,12 @@ FROM (
                      AND category IN ('Radiology', 'Discharge summary')
                      AND subject_id NOT IN (SELECT subject_id FROM carevue_only) THEN 'era_overlap'
                 WHEN subject_id IN (SELECT subject_id FROM task_subjects) THEN 'task_patient'
-                WHEN subject_id IN (SELECT subject_id FROM stage_excluded) THEN 'excluded_subject'
+                WHEN subject_id IN (SELECT subject_id FROM stage_excluded WHERE source IS NULL)
+                     OR (source = 'mimic-iii' AND subject_id IN
+                         (SELECT subject_id FROM stage_excluded WHERE source = 'mimic-iii'))
+                     OR (source = 'mimic-iv' AND subject_id IN
+                         (SELECT subject_id FROM stage_excluded WHERE source = 'mimic-iv'))
+                     THEN 'excluded_subject'
             END AS reason
         FROM stage_notes
     ),

@@ -23,7 +23,7 @@ use crate::corpus::stats::BuildStats;
 use crate::corpus::task_rows;
 use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
-use crate::{Error, Result};
+use crate::{Error, Result, Source};
 
 /// Which corpus recipe to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -345,7 +345,9 @@ fn set_rules(
     })
 }
 
-/// Reads `--exclude-subjects`: one subject id a line; blank lines and `#` comments skipped.
+/// Reads `--exclude-subjects`: one subject id a line, bare (both releases) or qualified by
+/// its release (`mimic-iii:123`, `mimic-iv:10000032`: MIMIC-IV's subject ids are not
+/// MIMIC-III's); blank lines and `#` comments skipped.
 fn stage_excluded(conn: &Connection, file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
     let mut app = conn
@@ -356,12 +358,22 @@ fn stage_excluded(conn: &Connection, file: &Path) -> Result<()> {
         if line.is_empty() {
             continue;
         }
-        let id: i64 = line.parse().map_err(|_| Error::TaskData {
+        let bad = || {
+            Error::TaskData {
             path: file.to_path_buf(),
             location: format!("line {}", i + 1),
-            problem: "expected one subject id (an integer) per line".to_string(),
-        })?;
-        app.append_row([id])
+            problem: "expected one subject id per line: an integer, or `mimic-iii:` or `mimic-iv:` and an integer".to_string(),
+        }
+        };
+        let (source, id) = match line.split_once(':') {
+            Some((source, id)) => (
+                Some(Source::parse(source.trim()).ok_or_else(bad)?),
+                id.trim(),
+            ),
+            None => (None, line),
+        };
+        let id: i64 = id.parse().map_err(|_| bad())?;
+        app.append_row(duckdb::params![source.map(Source::as_str), id])
             .map_err(Error::catalog("staging excluded subjects"))?;
     }
     app.flush()

@@ -741,3 +741,52 @@ fn drafts_collapse_only_when_every_storetime_is_known_and_ties_keep_the_first() 
         assert_eq!(reason(id), want, "note {id}");
     }
 }
+
+#[test]
+fn excluded_subjects_may_name_their_release() {
+    let d = Dir::new();
+    // Subject 7 in both releases: MIMIC-IV's ids are not MIMIC-III's, so a bare id means
+    // both and a qualified one only its release.
+    let iii = mimic3_header()
+        + "\n"
+        + &m3_row(1, 7, "", "", "", "Nursing", "", "", "mimic-iii note")
+        + "\n"
+        + &m3_row(2, 8, "", "", "", "Nursing", "", "", "another patient")
+        + "\n";
+    d.write("mimic/mimiciii/NOTEEVENTS.csv", iii);
+    d.write(
+        "mimic/mimic-iv-note/2.2/note/discharge.csv",
+        format!(
+            "{MIMIC4_HEADER}\n7-DS-1,7,,DS,1,2180-01-01 00:00:00,,\"mimic-iv note\"\n8-DS-1,8,,DS,1,2180-01-01 00:00:00,,\"other\"\n"
+        ),
+    );
+    let reasons = |exclude: &str| {
+        d.write("exclude.txt", exclude);
+        d.build_corpus(&["--exclude-subjects", "exclude.txt", "--force", "--quiet"])
+            .ok();
+        let got = decisions(&d.join("out"));
+        ["1", "2", "7-DS-1", "8-DS-1"]
+            .map(|id| {
+                let source = if id.contains('-') {
+                    "mimic-iv"
+                } else {
+                    "mimic-iii"
+                };
+                got[&(source.to_string(), id.to_string())].clone()
+            })
+            .to_vec()
+    };
+    let (out, kept) = ("excluded_subject", "kept");
+    assert_eq!(reasons("mimic-iv:7\n"), [kept, kept, out, kept]);
+    assert_eq!(reasons("mimic-iii: 7\n"), [out, kept, kept, kept]);
+    assert_eq!(reasons("7 # both\nmimic-iv:8\n"), [out, kept, out, out]);
+
+    d.write("exclude.txt", "mimic-v:7\n");
+    let err = d
+        .build_corpus(&["--exclude-subjects", "exclude.txt", "--force"])
+        .fails();
+    assert!(
+        err.contains("exclude.txt") && err.contains("line 1"),
+        "{err}"
+    );
+}
