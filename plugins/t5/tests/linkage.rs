@@ -5,21 +5,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "../../../tests/it/util.rs"]
+mod util;
+
 /// The plugin library `cargo test` built beside this test.
 fn plugin() -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let file = format!(
-        "{}ehrprep_t5{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let path = deps.join(file);
-    assert!(path.exists(), "{} is missing", path.display());
-    path
+    util::plugin_lib("ehrprep-t5")
 }
 
 /// Every symbol the library defines, demangled.
