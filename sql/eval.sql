@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS paper_results (
     value    DOUBLE NOT NULL,
     source   VARCHAR NOT NULL  -- the paper's table the number comes from
 );
+-- Catalogs from before `source` gain it (the views below name it); the table's rows are
+-- reloaded by `paper_results` anyway.
+ALTER TABLE paper_results ADD COLUMN IF NOT EXISTS source VARCHAR;
 -- Mean and spread over seeds of each test metric, beside chance (the majority rows) where
 -- the runs recorded it.
 CREATE OR REPLACE VIEW eval_summary AS

@@ -129,3 +129,37 @@ fn the_papers_results_cover_every_fraction_with_their_tables() {
     }
     assert!(dir.join("rep/mednli_accuracy.png").is_file());
 }
+
+#[test]
+fn a_catalog_from_before_the_sources_and_dropout_still_reports() {
+    let dir = Dir::new();
+    dir.build_fixtures("out", &["--no-shards", "--quiet"]).ok();
+    {
+        // The tables as an older ehrprep made them.
+        let conn = duckdb::Connection::open(dir.join("out/catalog.duckdb")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE paper_results (model VARCHAR NOT NULL, size VARCHAR NOT NULL, \
+             params VARCHAR NOT NULL, task VARCHAR NOT NULL, fraction DOUBLE NOT NULL, \
+             metric VARCHAR NOT NULL, value DOUBLE NOT NULL); \
+             INSERT INTO paper_results VALUES ('T5-Base', 'base', '220M', 'mednli', 1.0, 'accuracy', .818); \
+             CREATE TABLE train_runs (run_id VARCHAR NOT NULL, build_id VARCHAR NOT NULL, \
+             tokenizer_sha256 VARCHAR NOT NULL, out VARCHAR NOT NULL, model VARCHAR NOT NULL, \
+             config VARCHAR NOT NULL, model_config VARCHAR, device VARCHAR, parameters BIGINT, \
+             plugin VARCHAR NOT NULL, plugin_version VARCHAR NOT NULL, \
+             ehrprep_version VARCHAR NOT NULL, started_at TIMESTAMP NOT NULL, \
+             finished_at TIMESTAMP, status VARCHAR NOT NULL, steps_done BIGINT NOT NULL);",
+        )
+        .unwrap();
+    }
+    dir.ehrprep(&["report", "--db", "out/catalog.duckdb", "--out", "rep"])
+        .ok();
+    let conn = catalog(&dir.join("out"));
+    let sources = rows(&conn, "SELECT count(*), count(source) FROM paper_results");
+    assert_eq!(sources[0][0], sources[0][1]);
+    let dropout = rows(
+        &conn,
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'train_runs' \
+         AND column_name = 'dropout'",
+    );
+    assert_eq!(dropout, [["1".to_string()]]);
+}
