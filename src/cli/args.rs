@@ -352,7 +352,8 @@ pub(crate) struct BuildArgs {
     /// Downstream task files (RadQA json, CLIP sentence_level.csv): their patients are removed.
     #[arg(long, value_name = "DIR")]
     pub(crate) task_data: Option<PathBuf>,
-    /// File of subject ids to remove, one per line (`#` starts a comment).
+    /// File of subject ids to remove, one per line: `123` in both releases, `mimic-iii:123`
+    /// or `mimic-iv:10000032` in one (`#` starts a comment).
     #[arg(long, value_name = "FILE")]
     pub(crate) exclude_subjects: Option<PathBuf>,
     /// De-identification placeholders: replace with typed tags, or keep as they are.

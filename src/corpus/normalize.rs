@@ -346,17 +346,20 @@ pub fn mimic3_tag(inner: &str) -> Cow<'static, str> {
     if text.is_empty() {
         return "".into();
     }
-    // Dates: what the line break split is joined again.
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.split('-').count() == 3 {
-        return compact.into();
+    // A date split over a line break is joined again.
+    if text.split('-').count() == 3 {
+        return text
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .into();
     }
-    if compact.chars().all(char::is_numeric) {
+    if text.chars().all(char::is_numeric) {
         return "[Reg#]".into();
     }
-    let digits: String = compact.chars().filter(|&c| c != '-' && c != '/').collect();
+    let digits: String = text.chars().filter(|&c| c != '-' && c != '/').collect();
     if !digits.is_empty() && digits.chars().all(char::is_numeric) {
-        return compact.into();
+        return collapsed.into_owned().into();
     }
     if MONTHS.iter().any(|m| text.contains(m)) {
         return collapsed.into_owned().into();
@@ -427,20 +430,16 @@ mod tests {
                 return tag.to_string();
             }
         }
-        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
         if text.is_empty() {
             String::new()
-        } else if compact.split('-').count() == 3 {
-            compact
-        } else if compact.chars().all(char::is_numeric) {
+        } else if text.split('-').count() == 3 {
+            text.chars().filter(|c| !c.is_whitespace()).collect()
+        } else if text.chars().all(char::is_numeric) {
             "[Reg#]".into()
-        } else if !compact.replace(['-', '/'], "").is_empty()
-            && compact
-                .replace(['-', '/'], "")
-                .chars()
-                .all(char::is_numeric)
+        } else if !text.replace(['-', '/'], "").is_empty()
+            && text.replace(['-', '/'], "").chars().all(char::is_numeric)
         {
-            compact
+            text
         } else if MONTHS.iter().any(|m| text.contains(m)) {
             text
         } else {
@@ -614,6 +613,8 @@ mod tests {
             ("Street Address(2) 55", "[LOC]"),
             ("Apartment Address(1) 2", "[LOC]"),
             ("PO Box 6", "[LOC]"),
+            // `name` comes first in the released order and occurs in it.
+            ("Wardname 2", "[Name]"),
             ("Telephone/Fax (1) 673", "[#]"),
             ("Pager number 11", "[#]"),
             ("Social Security Number 9", "[#]"),
@@ -645,6 +646,9 @@ mod tests {
             ("January 5", "January 5"),
             (" ", ""),
             ("Something New 5", "[MISC]"),
+            // Spaces inside a number or a date make it neither, as in the released code.
+            ("12 34", "[MISC]"),
+            ("7 / 16", "[MISC]"),
         ];
         for (inner, want) in cases {
             assert_eq!(mimic3_tag(inner), want, "placeholder `{inner}`");

@@ -1,7 +1,8 @@
 //! Tokenizing the corpus for packing, with a word cache.
 //!
-//! For ehrprep's own pipeline (NFKC, whitespace collapse, strip, Metaspace with a prefix on
-//! every segment, single digits, `</s>` appended) and added tokens that match raw text
+//! For ehrprep's own pipeline (NFKC, whitespace collapse, strip, lowercase if asked,
+//! Metaspace with a prefix on every segment, punctuation and digits split off one character
+//! at a time, `</s>` appended) and added tokens that match raw text
 //! exactly, the ids of ASCII text decompose: split the text at added tokens, split the
 //! pieces between them at whitespace, and each word's ids depend on the word alone (NFKC is
 //! the identity on ASCII, and each word becomes `▁word` on its own). So each distinct word
@@ -75,15 +76,20 @@ fn slow(tok: &Tokenizer, text: &str, add_special: bool) -> Result<Vec<u32>> {
 impl FastPath {
     /// The fast path when `tok` is ehrprep's pipeline with plain added tokens, else `None`.
     fn for_tokenizer(tok: &Tokenizer) -> Option<FastPath> {
-        let own = crate::pack::tokenizer::pipeline_parts().ok()?;
         fn json<T: serde::Serialize>(part: Option<&T>) -> Option<String> {
             part.and_then(|p| serde_json::to_string(p).ok())
         }
-        let same_normalizer = json(tok.get_normalizer()).is_some()
-            && json(tok.get_normalizer()) == json(own.get_normalizer());
-        let same_pre_tokenizer = json(tok.get_pre_tokenizer()).is_some()
-            && json(tok.get_pre_tokenizer()) == json(own.get_pre_tokenizer());
-        if !same_normalizer || !same_pre_tokenizer {
+        // Cased or lowercased: both act on each word alone, so a word's ids do not depend
+        // on its neighbours.
+        let ours = [false, true].into_iter().any(|lowercase| {
+            crate::pack::tokenizer::pipeline_parts(lowercase).is_ok_and(|own| {
+                json(tok.get_normalizer()).is_some()
+                    && json(tok.get_normalizer()) == json(own.get_normalizer())
+                    && json(tok.get_pre_tokenizer()).is_some()
+                    && json(tok.get_pre_tokenizer()) == json(own.get_pre_tokenizer())
+            })
+        });
+        if !ours {
             return None;
         }
         let decoder = tok.get_added_tokens_decoder();
@@ -179,6 +185,15 @@ mod tests {
         crate::pack::tokenizer::train(&corpus(), &small()).unwrap()
     }
 
+    fn lowercased() -> Tokenizer {
+        use crate::pack::tokenizer::tests::{corpus, small};
+        let config = crate::pack::tokenizer::TokenizerConfig {
+            lowercase: true,
+            ..small()
+        };
+        crate::pack::tokenizer::train(&corpus(), &config).unwrap()
+    }
+
     const TRICKY: &[&str] = &[
         "",
         " ",
@@ -206,7 +221,13 @@ mod tests {
 
     #[test]
     fn fast_path_gives_the_tokenizers_ids() {
-        let tok = tokenizer();
+        fast_path_matches(&tokenizer());
+        // `--lowercase` keeps the fast path: lowercasing acts on each word alone.
+        fast_path_matches(&lowercased());
+    }
+
+    fn fast_path_matches(tok: &Tokenizer) {
+        let tok = tok.clone();
         let encoder = Encoder::new(&tok);
         assert!(
             encoder.is_fast(),

@@ -109,9 +109,10 @@ fn pipeline(model: Unigram, lowercase: bool) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-/// ehrprep's pipeline around an empty model, to compare a loaded tokenizer's parts with.
-pub(crate) fn pipeline_parts() -> Result<Tokenizer> {
-    pipeline(Unigram::default(), false)
+/// ehrprep's pipeline around an empty model, cased or lowercased, to compare a loaded
+/// tokenizer's parts with.
+pub(crate) fn pipeline_parts(lowercase: bool) -> Result<Tokenizer> {
+    pipeline(Unigram::default(), lowercase)
 }
 
 /// Removes characters rarer than `min_count` from the training texts (and the tags, which

@@ -214,9 +214,9 @@ pub enum TrainEvent {
         parameters: i64,
         /// The model's Hugging Face `config.json`.
         model_config: serde_json::Value,
-        /// The dropout it trains with.
+        /// The dropout it trains with, where the plugin says.
         #[serde(default)]
-        dropout: f64,
+        dropout: Option<f64>,
     },
     /// After every optimizer step.
     TrainStep {

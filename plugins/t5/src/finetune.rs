@@ -58,7 +58,11 @@ fn load(dir: &Path, device: Device, dropout: Option<f64>) -> Result<(nn::VarStor
     } else {
         Kind::Float
     };
-    let model = T5::new(&vs, config.clone(), compute);
+    let model = {
+        // The initial draws, overwritten below, still come from the global generator.
+        let _guard = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        T5::new(&vs, config.clone(), compute)
+    };
     crate::checkpoint::load_hf(&mut vs, dir, config.vocab_size)?;
     Ok((vs, model))
 }

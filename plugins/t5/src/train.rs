@@ -305,7 +305,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         device: device_label.clone(),
         parameters,
         model_config: serde_json::to_value(&config).expect("the config serializes"),
-        dropout: config.dropout_rate,
+        dropout: Some(config.dropout_rate),
     });
 
     let mut train = Examples::new(&train_rows, &manifest, req.seed, true);
