@@ -436,11 +436,10 @@ mod tests {
             text.chars().filter(|c| !c.is_whitespace()).collect()
         } else if text.chars().all(char::is_numeric) {
             "[Reg#]".into()
-        } else if !text.replace(['-', '/'], "").is_empty()
-            && text.replace(['-', '/'], "").chars().all(char::is_numeric)
+        } else if (!text.replace(['-', '/'], "").is_empty()
+            && text.replace(['-', '/'], "").chars().all(char::is_numeric))
+            || MONTHS.iter().any(|m| text.contains(m))
         {
-            text
-        } else if MONTHS.iter().any(|m| text.contains(m)) {
             text
         } else {
             "[MISC]".into()
