@@ -9,15 +9,8 @@ use crate::util::*;
 fn catalog_with_runs(dir: &Dir) {
     dir.build_fixtures("out", &["--no-shards", "--quiet"]).ok();
     let conn = duckdb::Connection::open(dir.join("out/catalog.duckdb")).unwrap();
-    let schema = std::fs::read_to_string(root().join("sql/eval.sql")).unwrap();
-    let schema = schema
-        .split("-- name: ")
-        .nth(1)
-        .unwrap()
-        .split_once('\n')
-        .unwrap()
-        .1;
-    conn.execute_batch(schema).unwrap();
+    conn.execute_batch(ehrprep::catalog::sql::EVAL.get("schema"))
+        .unwrap();
     for (id, fraction, accuracy) in [("r1", 0.01, 0.41), ("r2", 1.0, 0.62)] {
         conn.execute(
             "INSERT INTO eval_runs VALUES (?, 'mednli', ?, 1, 'ckpt', NULL, NULL, 'sha', \
