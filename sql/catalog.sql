@@ -35,6 +35,17 @@ CREATE TABLE IF NOT EXISTS note_decisions (
     reason     VARCHAR NOT NULL
 );
 
+-- Notes dropped as `task_text_overlap`: each downstream task document the note holds, with
+-- the estimated share of the document's 5-word shingles found in the note.
+CREATE TABLE IF NOT EXISTS task_overlap (
+    build_id    VARCHAR NOT NULL,
+    source      VARCHAR NOT NULL, -- the note's release
+    note_id     VARCHAR NOT NULL,
+    task        VARCHAR NOT NULL, -- radqa | clip
+    task_doc_id VARCHAR NOT NULL, -- the document's NOTEEVENTS ROW_ID (RadQA title, CLIP doc_id)
+    containment DOUBLE NOT NULL
+);
+
 -- The normalized kept notes, in build order (`seq`); later stages read from here.
 CREATE TABLE IF NOT EXISTS corpus (
     seq        BIGINT NOT NULL,
@@ -79,6 +90,7 @@ DROP TABLE IF EXISTS stage_task_rows;
 DROP TABLE IF EXISTS stage_excluded;
 DROP TABLE IF EXISTS stage_reasons;
 DROP TABLE IF EXISTS stage_late;
+DROP TABLE IF EXISTS stage_overlaps;
 DROP TABLE IF EXISTS raw_file;
 
 -- name: insert_build_run

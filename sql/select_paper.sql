@@ -91,8 +91,8 @@ BEGIN TRANSACTION;
 COMMIT;
 
 -- name: late_reasons
--- The reasons decided on normalized text (`empty`, `exact_duplicate`), by `ord`; every
--- other note the set rules left in was kept.
+-- The reasons decided on normalized text (`empty`, `task_text_overlap`, `exact_duplicate`),
+-- by `ord`; every other note the set rules left in was kept.
 CREATE OR REPLACE TEMP TABLE stage_late (ord BIGINT NOT NULL, reason VARCHAR NOT NULL);
 
 -- name: apply_late_reasons
@@ -104,6 +104,22 @@ UPDATE stage_reasons SET reason = l.reason FROM stage_late l WHERE stage_reasons
 INSERT INTO note_decisions
 SELECT ?, source, note_id, subject_id, hadm_id, category, coalesce(reason, 'kept')
 FROM stage_reasons;
+
+-- name: stage_overlaps
+-- The task documents each `task_text_overlap` note holds, by `ord`, in build order.
+CREATE OR REPLACE TEMP TABLE stage_overlaps (
+    ord BIGINT NOT NULL, task VARCHAR NOT NULL, task_doc_id VARCHAR NOT NULL,
+    containment DOUBLE NOT NULL
+);
+
+-- name: insert_overlaps
+-- Parameter 1: the build id. A plain scan of stage_overlaps keeps build order; the join
+-- only looks up each note's release and id.
+INSERT INTO task_overlap
+SELECT ?, r.source, r.note_id, o.task, o.task_doc_id, o.containment
+FROM stage_overlaps o, stage_reasons r
+WHERE r.ord = o.ord
+ORDER BY o.rowid;
 
 -- name: done_writing
 -- Once the corpus is appended: DuckDB's threads are back for writing note_decisions, whose

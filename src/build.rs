@@ -20,6 +20,7 @@ use crate::corpus::ingest::{self, FileStats, SCRATCH_DIR};
 use crate::corpus::normalize::Deid;
 use crate::corpus::select::{self, Reason, SetRules};
 use crate::corpus::stats::BuildStats;
+use crate::corpus::overlap::{self, OverlapConfig, TaskIndex};
 use crate::corpus::task_rows;
 use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
@@ -59,6 +60,8 @@ pub struct BuildConfig {
     /// Find near duplicates (MinHash) into `dedup_clusters`; `Recipe::Strict` needs it.
     pub near_duplicates: bool,
     pub minhash: crate::corpus::dedup::MinHashConfig,
+    /// With task data: drop notes holding a task document's text; `None` skips the check.
+    pub task_overlap: Option<OverlapConfig>,
 }
 
 impl BuildConfig {
@@ -75,6 +78,7 @@ impl BuildConfig {
             pack: Some(PackSettings::default()),
             near_duplicates: true,
             minhash: crate::corpus::dedup::MinHashConfig::default(),
+            task_overlap: Some(OverlapConfig::default()),
         }
     }
 }
@@ -188,7 +192,7 @@ fn build_into(
     crate::memory::release_free();
     stage_done("ingest");
     let mut warnings = Vec::new();
-    let rules = set_rules(config, &conn, inputs, &mut warnings)?;
+    let (rules, guard) = set_rules(config, &conn, inputs, &mut warnings)?;
     select::apply_set_rules(&conn, rules)?;
     crate::memory::release_free();
     stage_done("select");
@@ -206,6 +210,7 @@ fn build_into(
             near_duplicates: config.near_duplicates,
             minhash: config.minhash,
         },
+        guard.as_ref(),
         &build_id,
         &scratch,
         reporter,
@@ -310,7 +315,7 @@ fn set_rules(
     conn: &Connection,
     inputs: &Inputs,
     warnings: &mut Vec<String>,
-) -> Result<SetRules> {
+) -> Result<(SetRules, Option<TaskIndex>)> {
     let both = inputs.mimic3.is_some() && inputs.mimic4.is_some();
     let has_icu = inputs.mimic3.as_ref().is_some_and(|m| m.icustays.is_some());
     if both && !has_icu {
@@ -320,9 +325,30 @@ fn set_rules(
                 .to_string(),
         );
     }
+    let mut guard = None;
     if let Some(dir) = &config.task_data {
         let rows = task_rows::read(conn, dir)?;
         task_rows::stage(conn, &rows)?;
+        if let Some(overlap) = config.task_overlap {
+            let (index, short) = TaskIndex::build(&rows.docs, config.deid, overlap);
+            if !short.is_empty() {
+                let ids: Vec<String> = short
+                    .iter()
+                    .take(5)
+                    .map(|d| format!("{} {}", d.task, d.doc_id))
+                    .collect();
+                let more = if short.len() > ids.len() { ", ..." } else { "" };
+                warnings.push(format!(
+                    "{} task documents are too short for the task-text guard (under {} \
+                     shingles, about a dozen words), so copies of them are not looked for: \
+                     {}{more}",
+                    short.len(),
+                    overlap::MIN_SHINGLES,
+                    ids.join(", ")
+                ));
+            }
+            guard = (!index.is_empty()).then_some(index);
+        }
         if inputs.mimic3.is_none() {
             warnings.push(
                 "task data names NOTEEVENTS ROW_IDs, but no MIMIC-III notes are being built, so \
@@ -340,9 +366,10 @@ fn set_rules(
     if let Some(file) = &config.exclude_subjects {
         stage_excluded(conn, file)?;
     }
-    Ok(SetRules {
+    let rules = SetRules {
         era_overlap: both && has_icu,
-    })
+    };
+    Ok((rules, guard))
 }
 
 /// Reads `--exclude-subjects`: one subject id a line, bare (both releases) or qualified by

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::build::{BuildConfig, Recipe};
 use crate::corpus::normalize::Deid;
+use crate::corpus::overlap::OverlapConfig;
 use crate::eval::evaluate::Split;
 use crate::eval::scoring::ModelRun;
 use crate::eval::task_data::Task;
@@ -150,6 +151,8 @@ impl ModelRunArgs {
 static BUILD: std::sync::LazyLock<BuildConfig> =
     std::sync::LazyLock::new(|| BuildConfig::new(PathBuf::new(), PathBuf::new()));
 static PACK: std::sync::LazyLock<PackSettings> = std::sync::LazyLock::new(PackSettings::default);
+static OVERLAP: std::sync::LazyLock<OverlapConfig> =
+    std::sync::LazyLock::new(OverlapConfig::default);
 
 static SYNTH: std::sync::LazyLock<SynthConfig> = std::sync::LazyLock::new(SynthConfig::default);
 
@@ -349,9 +352,17 @@ pub(crate) struct BuildArgs {
     /// faster. The paper's recipe does not use it; `--recipe strict` needs it.
     #[arg(long)]
     pub(crate) no_near_duplicates: bool,
-    /// Downstream task files (RadQA json, CLIP sentence_level.csv): their patients are removed.
+    /// Downstream task files (RadQA json, CLIP sentence_level.csv): their patients are
+    /// removed, and so is every note that holds one of their documents' text.
     #[arg(long, value_name = "DIR")]
     pub(crate) task_data: Option<PathBuf>,
+    /// Share of a task document's 5-word shingles a note must hold to be dropped as
+    /// `task_text_overlap` (placeholders ignored).
+    #[arg(long, default_value_t = OVERLAP.threshold, value_name = "F")]
+    pub(crate) task_overlap_threshold: f64,
+    /// Do not look for task documents' text in the notes: only task patients are removed.
+    #[arg(long)]
+    pub(crate) no_task_overlap: bool,
     /// File of subject ids to remove, one per line: `123` in both releases, `mimic-iii:123`
     /// or `mimic-iv:10000032` in one (`#` starts a comment).
     #[arg(long, value_name = "FILE")]

@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::build::{BuildConfig, run_build};
+use crate::corpus::overlap::OverlapConfig;
 use crate::pack::PackSettings;
 use crate::pack::tokenizer::TokenizerConfig;
 use crate::plugin::Plugin;
@@ -274,6 +275,13 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     config.near_duplicates = !args.no_near_duplicates;
     config.deid = args.deid.into();
     config.task_data = args.task_data;
+    if !(args.task_overlap_threshold > 0.0 && args.task_overlap_threshold <= 1.0) {
+        anyhow::bail!("--task-overlap-threshold must be above 0 and at most 1");
+    }
+    config.task_overlap = (!args.no_task_overlap).then(|| OverlapConfig {
+        threshold: args.task_overlap_threshold,
+        ..OverlapConfig::default()
+    });
     config.exclude_subjects = args.exclude_subjects;
     config.force = args.force;
     config.batch_notes = args.batch_notes;

@@ -2,9 +2,10 @@
 //!
 //! Notes still in after the set rules stream through in ranges of `--batch-notes`: the
 //! metadata from the staging tables, the text from [`reread`](super::reread). Each range is
-//! normalized in parallel, then decided in build order (empty, exact duplicate by a 128-bit
-//! digest, kept), sketched for near-duplicate detection, and appended to `corpus` by a
-//! writer thread; `note_decisions` is written by SQL at the end.
+//! normalized (and, with task data, looked up in the task-text index) in parallel, then
+//! decided in build order (empty, task text overlap, exact duplicate by a 128-bit digest,
+//! kept), sketched for near-duplicate detection, and appended to `corpus` by a writer
+//! thread; `note_decisions` and `task_overlap` are written by SQL at the end.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::catalog::sql::{CATALOG, SELECT_PAPER};
 use crate::corpus::dedup::{MinHashConfig, Sketch, SketchSpill};
 use crate::corpus::ingest::NoteText;
 use crate::corpus::normalize::{Deid, normalize};
+use crate::corpus::overlap::{Match, TaskIndex};
 use crate::corpus::reread::{NoteBatch, Runs, TextReader, with_text};
 use crate::corpus::select::Reason;
 use crate::corpus::stats::BuildStats;
@@ -42,11 +44,13 @@ pub(crate) struct Settings {
     pub(crate) minhash: MinHashConfig,
 }
 
-/// A note after normalization: its text, a digest of it and its characters.
+/// A note after normalization: its text, a digest of it, its characters and the task
+/// documents it holds.
 struct Normalized {
     text: String,
     digest: u128,
     chars: u64,
+    overlaps: Vec<Match>,
 }
 
 /// What normalization hands on: the statistics, and per kept note (by `seq`) its
@@ -64,11 +68,14 @@ pub(crate) struct Decided {
 /// notes are never held in DuckDB; each range's kept notes are appended to `corpus` as
 /// Arrow batches straight away, so the text is copied into the catalog once.
 /// `note_decisions` is written at the end by SQL from the staged metadata, with the
-/// reasons decided here for the few notes normalization drops.
+/// reasons decided here for the few notes normalization drops; `task_overlap` from the
+/// matches `guard` found.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn normalize_and_decide(
     conn: &Connection,
     texts: &[NoteText],
     config: &Settings,
+    guard: Option<&TaskIndex>,
     build_id: &str,
     scratch: &Path,
     reporter: &dyn Reporter,
@@ -89,6 +96,7 @@ pub(crate) fn normalize_and_decide(
     let mut kept_chars = Vec::new();
     let mut seen: HashSet<u128> = HashSet::new();
     let mut late = Vec::new();
+    let mut overlaps = Vec::new();
     let batch = config.batch_notes.max(1) as i64;
     // Two connections, as a connection runs one query at a time: this one streams the
     // staged metadata (temporary tables are its own), and `writer` appends the corpus. The
@@ -129,6 +137,8 @@ pub(crate) fn normalize_and_decide(
     // decides one range (in parallel), and this thread reads the next.
     let mut state = DecideState {
         config,
+        guard,
+        overlaps: &mut overlaps,
         stats: &mut stats,
         sketches: &mut sketches,
         kept_chars: &mut kept_chars,
@@ -210,12 +220,14 @@ pub(crate) fn normalize_and_decide(
                 .take()
                 .map(|sketches| s.spawn(move || sketches.clusters(threshold)));
             let late = std::mem::take(state.late);
+            let overlaps = std::mem::take(state.overlaps);
             // DuckDB's threads are back for note_decisions, whose row groups it compresses
             // in parallel.
             let decisions = conn
                 .execute_batch(SELECT_PAPER.get("done_writing"))
                 .map_err(Error::catalog("writing decisions"))
-                .and_then(|()| write_decisions(conn, build_id, &late));
+                .and_then(|()| write_decisions(conn, build_id, &late))
+                .and_then(|()| write_overlaps(conn, build_id, guard, &overlaps));
             let roots = clusters.map(crate::join).transpose();
             decisions?;
             Ok(Some(roots?.unwrap_or_default()))
@@ -299,16 +311,62 @@ fn write_decisions(conn: &Connection, build_id: &str, late: &[(i64, Reason)]) ->
     Ok(())
 }
 
+/// Writes `task_overlap`: each removed note's matches, by `ord`, in build order.
+fn write_overlaps(
+    conn: &Connection,
+    build_id: &str,
+    guard: Option<&TaskIndex>,
+    overlaps: &[(i64, Match)],
+) -> Result<()> {
+    let Some(guard) = guard else {
+        return Ok(());
+    };
+    let doing = || Error::catalog("writing task overlaps");
+    conn.execute_batch(SELECT_PAPER.get("stage_overlaps"))
+        .map_err(doing())?;
+    {
+        let docs = guard.docs();
+        let ords: Int64Array = overlaps.iter().map(|&(ord, _)| ord).collect();
+        let tasks: StringArray = overlaps
+            .iter()
+            .map(|(_, m)| Some(docs[m.doc as usize].task))
+            .collect();
+        let ids: StringArray = overlaps
+            .iter()
+            .map(|(_, m)| Some(docs[m.doc as usize].doc_id.as_str()))
+            .collect();
+        let containment: arrow::array::Float64Array =
+            overlaps.iter().map(|(_, m)| m.containment).collect();
+        let batch = RecordBatch::try_from_iter([
+            ("ord", Arc::new(ords) as ArrayRef),
+            ("task", Arc::new(tasks) as ArrayRef),
+            ("task_doc_id", Arc::new(ids) as ArrayRef),
+            ("containment", Arc::new(containment) as ArrayRef),
+        ])
+        .expect("columns of one length");
+        let mut appender = conn.appender("stage_overlaps").map_err(doing())?;
+        appender.append_record_batch(batch).map_err(doing())?;
+    }
+    conn.execute(SELECT_PAPER.get("insert_overlaps"), [build_id])
+        .map_err(doing())?;
+    Ok(())
+}
+
 /// What deciding needs across ranges of notes; lent to the decision thread.
 struct DecideState<'a> {
     config: &'a Settings,
+    /// The task documents to look for, given task data.
+    guard: Option<&'a TaskIndex>,
+    /// Each note removed for holding task text, by `ord`, with what it holds.
+    overlaps: &'a mut Vec<(i64, Match)>,
     stats: &'a mut BuildStats,
     /// The kept notes' MinHash sketches, with near-duplicate detection.
     sketches: &'a mut Option<SketchSpill>,
     /// Characters of each sketched note, for the near duplicates' count.
     kept_chars: &'a mut Vec<u64>,
     seen: &'a mut HashSet<u128>,
-    /// The notes dropped here (empty, exact duplicates), by `ord`, in build order.
+    /// The notes dropped here (empty, task text, exact duplicates), by `ord`, in build
+    /// order.
     late: &'a mut Vec<(i64, Reason)>,
     /// The next kept note's `seq`.
     seq: i64,
@@ -324,7 +382,7 @@ impl DecideState<'_> {
     /// Normalizes one batch of notes in parallel, then decides each note's reason in build
     /// order and sketches the kept notes.
     fn decide(&mut self, notes: &RecordBatch) -> Result<KeptBatch> {
-        let config = self.config;
+        let (config, guard) = (self.config, self.guard);
         let notes = NoteBatch::new(notes)?;
         // Each note's raw characters (for the statistics), and its normalized form if no
         // set rule dropped it.
@@ -337,6 +395,7 @@ impl DecideState<'_> {
                     Normalized {
                         digest: digest128(&text),
                         chars: text.chars().count() as u64,
+                        overlaps: guard.map(|g| g.matches(&text)).unwrap_or_default(),
                         text,
                     }
                 });
@@ -349,6 +408,7 @@ impl DecideState<'_> {
             let reason = match (notes.reason(i), &norm) {
                 (Some(r), _) => r,
                 (None, Some(n)) if n.text.is_empty() => Reason::Empty,
+                (None, Some(n)) if !n.overlaps.is_empty() => Reason::TaskTextOverlap,
                 (None, Some(n)) if !self.seen.insert(n.digest) => Reason::ExactDuplicate,
                 (None, Some(_)) => Reason::Kept,
                 (None, None) => Reason::Empty,
@@ -365,9 +425,17 @@ impl DecideState<'_> {
                     kept_text.push(n.text);
                     self.seq += 1;
                 }
+                Some(n) if reason == Reason::TaskTextOverlap => {
+                    self.stats.add(reason, raw_chars);
+                    let ord = notes.ord(i);
+                    self.overlaps.extend(n.overlaps.into_iter().map(|m| (ord, m)));
+                }
                 _ => self.stats.add(reason, raw_chars),
             }
-            if matches!(reason, Reason::Empty | Reason::ExactDuplicate) {
+            if matches!(
+                reason,
+                Reason::Empty | Reason::TaskTextOverlap | Reason::ExactDuplicate
+            ) {
                 self.late.push((notes.ord(i), reason));
             }
         }
@@ -483,7 +551,8 @@ mod tests {
             near_duplicates: true,
             minhash: MinHashConfig::default(),
         };
-        let decided = normalize_and_decide(&conn, &texts, &settings, "build", &scratch, &Silent);
+        let decided =
+            normalize_and_decide(&conn, &texts, &settings, None, "build", &scratch, &Silent);
         let rows = |table: &str| -> i64 {
             conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap()

@@ -86,6 +86,18 @@ fn word_hashes(text: &str, seed: u64) -> Vec<u64> {
     words
 }
 
+/// One hash per shingle of `text` (`words` consecutive words, in order, repeats included);
+/// a text of fewer words is one shingle. Near-duplicate detection and the task-text guard
+/// ([`super::overlap`]) hash text the same way.
+pub(crate) fn shingles(text: &str, words: usize, seed: u64) -> Vec<u64> {
+    let hashes = word_hashes(text, seed);
+    let k = words.max(1).min(hashes.len().max(1));
+    hashes
+        .windows(k)
+        .map(|window| mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w))))
+        .collect()
+}
+
 /// `sig[i] = min(sig[i], mul[i] * base + add[i])` over every shingle hash in `bases`; with
 /// AVX-512 (native 64-bit multiply and unsigned min) or AVX2 where the CPU has them: the same
 /// arithmetic, so the same result on every machine.
@@ -144,7 +156,6 @@ impl MinHashConfig {
         // word hashes, and each of the `bands * rows` permutations is one multiply-add on
         // the mixed shingle hash (a bijection on u64 for odd multipliers): no allocation
         // per word or shingle.
-        let words = word_hashes(text, self.seed);
         let n = self.bands * self.rows;
         let (mut mul, mut add) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n as u64 {
@@ -153,12 +164,7 @@ impl MinHashConfig {
             add.push(mix(a ^ 0xD6E8_FEB8_6659_FD93));
         }
         let mut sig = vec![u64::MAX; n];
-        let k = self.shingle_words.max(1).min(words.len().max(1));
-        let bases: Vec<u64> = words
-            .windows(k)
-            .map(|window| mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w))))
-            .collect();
-        min_hashes(&mut sig, &mul, &add, &bases);
+        min_hashes(&mut sig, &mul, &add, &shingles(text, self.shingle_words, self.seed));
         sig
     }
 

@@ -1,7 +1,7 @@
 //! The corpus recipe's set rules, run in DuckDB over the staged notes (`sql/select_*.sql`).
 //!
 //! Each note gets at most one reason here; notes without one go on to normalization, where
-//! the text rules (`empty`, `exact_duplicate`) finish the job.
+//! the text rules (`empty`, `task_text_overlap`, `exact_duplicate`) finish the job.
 
 use duckdb::Connection;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,8 @@ pub enum Reason {
     ExcludedSubject,
     DraftSuperseded,
     Empty,
+    /// Contains a downstream task document's text (`--task-data`; see `corpus::overlap`).
+    TaskTextOverlap,
     ExactDuplicate,
     /// Only under `--recipe strict`.
     NearDuplicate,
@@ -26,13 +28,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ErrorFlag,
         Reason::EraOverlap,
         Reason::TaskPatient,
         Reason::ExcludedSubject,
         Reason::DraftSuperseded,
         Reason::Empty,
+        Reason::TaskTextOverlap,
         Reason::ExactDuplicate,
         Reason::NearDuplicate,
         Reason::Kept,
@@ -47,6 +50,7 @@ impl Reason {
             Reason::ExcludedSubject => "excluded_subject",
             Reason::DraftSuperseded => "draft_superseded",
             Reason::Empty => "empty",
+            Reason::TaskTextOverlap => "task_text_overlap",
             Reason::ExactDuplicate => "exact_duplicate",
             Reason::NearDuplicate => "near_duplicate",
             Reason::Kept => "kept",

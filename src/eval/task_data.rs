@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::normalize::{Deid, normalize};
+use crate::corpus::task_rows::python_str_list;
 use crate::{Error, Result, Source};
 
 /// A downstream task.
@@ -279,49 +280,6 @@ pub fn radqa(path: &Path) -> Result<Vec<Example>> {
         }
     }
     Ok(out)
-}
-
-/// Parses a Python list literal of strings, as `repr` writes it.
-pub fn python_str_list(s: &str) -> Option<Vec<String>> {
-    let s = s.trim();
-    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
-    let mut out = Vec::new();
-    let mut chars = inner.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
-            chars.next();
-        }
-        let Some(quote) = chars.next() else {
-            return Some(out);
-        };
-        if quote != '\'' && quote != '"' {
-            return None;
-        }
-        let mut item = String::new();
-        loop {
-            match chars.next()? {
-                c if c == quote => break,
-                '\\' => match chars.next()? {
-                    'n' => item.push('\n'),
-                    't' => item.push('\t'),
-                    'r' => item.push('\r'),
-                    'x' => item.push(hex_char(&mut chars, 2)?),
-                    'u' => item.push(hex_char(&mut chars, 4)?),
-                    'U' => item.push(hex_char(&mut chars, 8)?),
-                    other => item.push(other),
-                },
-                c => item.push(c),
-            }
-        }
-        out.push(item);
-    }
-}
-
-/// A `\x`, `\u` or `\U` escape; lone surrogates (which CLIP's text has) become U+FFFD.
-fn hex_char(chars: &mut impl Iterator<Item = char>, digits: usize) -> Option<char> {
-    let hex: String = chars.take(digits).collect();
-    let code = u32::from_str_radix(&hex, 16).ok()?;
-    Some(char::from_u32(code).unwrap_or('\u{FFFD}'))
 }
 
 struct ClipSentence {
@@ -599,17 +557,6 @@ mod tests {
             e.input
                 .starts_with("It was a pleasure taking care of you. Please")
         );
-    }
-
-    #[test]
-    fn python_lists_parse_with_escapes_and_surrogates() {
-        assert_eq!(
-            python_str_list(r#"['it\'s', "a \"b\"", 'x\ud83dy', '\xe9']"#).unwrap(),
-            ["it's", "a \"b\"", "x\u{FFFD}y", "é"]
-        );
-        assert_eq!(python_str_list("[]").unwrap(), Vec::<String>::new());
-        assert!(python_str_list("['open").is_none());
-        assert!(python_str_list("nope").is_none());
     }
 
     #[test]

@@ -262,7 +262,7 @@ fn synthetic_tasks_have_the_shapes_of_the_real_ones() {
     );
     let (mut previous, mut run, mut items) = (String::new(), 0, 0);
     for row in &labels {
-        let tags = ehrprep::eval::task_data::python_str_list(&row[0]).unwrap();
+        let tags = ehrprep::corpus::task_rows::python_str_list(&row[0]).unwrap();
         assert!(tags.len() <= 1, "{tags:?}");
         let tag = tags.first().cloned().unwrap_or_default();
         if let Some(label) = tag.strip_prefix("I-") {
