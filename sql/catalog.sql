@@ -46,6 +46,17 @@ CREATE TABLE IF NOT EXISTS task_overlap (
     containment DOUBLE NOT NULL
 );
 
+-- The downstream task documents the build was given (`--task-data`), and whether the
+-- task-text guard looks for them: a document needs 8 shingles that no other task document
+-- has (boilerplate shared between documents does not count).
+CREATE TABLE IF NOT EXISTS task_documents (
+    build_id     VARCHAR NOT NULL,
+    task         VARCHAR NOT NULL, -- radqa | clip
+    doc_id       VARCHAR NOT NULL, -- NOTEEVENTS ROW_ID
+    own_shingles BIGINT NOT NULL,
+    guarded      BOOLEAN NOT NULL
+);
+
 -- The normalized kept notes, in build order (`seq`); later stages read from here.
 CREATE TABLE IF NOT EXISTS corpus (
     seq        BIGINT NOT NULL,

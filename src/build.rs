@@ -18,9 +18,9 @@ use crate::corpus::decide::{self, Decided, normalize_and_decide};
 use crate::corpus::discover::{self, Inputs};
 use crate::corpus::ingest::{self, FileStats, SCRATCH_DIR};
 use crate::corpus::normalize::Deid;
+use crate::corpus::overlap::{self, DocSummary, OverlapConfig, TaskIndex};
 use crate::corpus::select::{self, Reason, SetRules};
 use crate::corpus::stats::BuildStats;
-use crate::corpus::overlap::{self, OverlapConfig, TaskIndex};
 use crate::corpus::task_rows;
 use crate::pack::{self, Manifest, PackSettings};
 use crate::progress::Reporter;
@@ -192,7 +192,7 @@ fn build_into(
     crate::memory::release_free();
     stage_done("ingest");
     let mut warnings = Vec::new();
-    let (rules, guard) = set_rules(config, &conn, inputs, &mut warnings)?;
+    let (rules, guard) = set_rules(config, &conn, inputs, &build_id, &mut warnings)?;
     select::apply_set_rules(&conn, rules)?;
     crate::memory::release_free();
     stage_done("select");
@@ -314,6 +314,7 @@ fn set_rules(
     config: &BuildConfig,
     conn: &Connection,
     inputs: &Inputs,
+    build_id: &str,
     warnings: &mut Vec<String>,
 ) -> Result<(SetRules, Option<TaskIndex>)> {
     let both = inputs.mimic3.is_some() && inputs.mimic4.is_some();
@@ -330,7 +331,9 @@ fn set_rules(
         let rows = task_rows::read(conn, dir)?;
         task_rows::stage(conn, &rows)?;
         if let Some(overlap) = config.task_overlap {
-            let (index, short) = TaskIndex::build(&rows.docs, config.deid, overlap);
+            let (index, summaries) = TaskIndex::build(&rows.docs, config.deid, overlap);
+            write_task_documents(conn, build_id, &summaries)?;
+            let short: Vec<&DocSummary> = summaries.iter().filter(|s| !s.guarded).collect();
             if !short.is_empty() {
                 let ids: Vec<String> = short
                     .iter()
@@ -339,11 +342,13 @@ fn set_rules(
                     .collect();
                 let more = if short.len() > ids.len() { ", ..." } else { "" };
                 warnings.push(format!(
-                    "{} task documents are too short for the task-text guard (under {} \
-                     shingles, about a dozen words), so copies of them are not looked for: \
-                     {}{more}",
+                    "{} task documents have under {} {}-word shingles that no other task \
+                     document has, too few for the task-text guard to tell their copies from \
+                     notes sharing a phrase, so copies of them are not looked for (see \
+                     task_documents): {}{more}",
                     short.len(),
                     overlap::MIN_SHINGLES,
+                    overlap.shingle_words,
                     ids.join(", ")
                 ));
             }
@@ -370,6 +375,23 @@ fn set_rules(
         era_overlap: both && has_icu,
     };
     Ok((rules, guard))
+}
+
+/// Records which task documents the task-text guard looks for.
+fn write_task_documents(conn: &Connection, build_id: &str, docs: &[DocSummary]) -> Result<()> {
+    let doing = || Error::catalog("recording task documents");
+    let mut app = conn.appender("task_documents").map_err(doing())?;
+    for d in docs {
+        app.append_row(duckdb::params![
+            build_id,
+            d.task,
+            d.doc_id,
+            d.own_shingles as i64,
+            d.guarded
+        ])
+        .map_err(doing())?;
+    }
+    app.flush().map_err(doing())
 }
 
 /// Reads `--exclude-subjects`: one subject id a line, bare (both releases) or qualified by

@@ -99,7 +99,16 @@ mod tests {
             .unwrap()
             .collect::<std::result::Result<_, _>>()
             .unwrap();
-        assert_eq!(names, ["build_runs", "corpus", "note_decisions"]);
+        assert_eq!(
+            names,
+            [
+                "build_runs",
+                "corpus",
+                "note_decisions",
+                "task_documents",
+                "task_overlap"
+            ]
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use reporter::BarReporter;
 
 /// Parses arguments, runs the command, prints any error, and returns the exit code.
 pub fn main() -> ExitCode {
+    show_table_rows();
     install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {
@@ -370,6 +371,18 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
         Format::Json => crate::catalog::query::write_json(&mut frame, &mut out)?,
     }
     Ok(())
+}
+
+/// Polars prints ten rows of a table and elides the rest unless `POLARS_FMT_MAX_ROWS` says
+/// otherwise; the build summary has more, and a query's rows are what the user asked for.
+fn show_table_rows() {
+    if std::env::var_os("POLARS_FMT_MAX_ROWS").is_none() {
+        #[allow(unsafe_code)] // writing the environment; see SAFETY
+        // SAFETY: this runs first in `main`, before the process has any other thread.
+        unsafe {
+            std::env::set_var("POLARS_FMT_MAX_ROWS", "200")
+        };
+    }
 }
 
 /// Panics never print their payload: it could hold note text. The location is enough to

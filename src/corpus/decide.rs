@@ -428,7 +428,8 @@ impl DecideState<'_> {
                 Some(n) if reason == Reason::TaskTextOverlap => {
                     self.stats.add(reason, raw_chars);
                     let ord = notes.ord(i);
-                    self.overlaps.extend(n.overlaps.into_iter().map(|m| (ord, m)));
+                    self.overlaps
+                        .extend(n.overlaps.into_iter().map(|m| (ord, m)));
                 }
                 _ => self.stats.add(reason, raw_chars),
             }

@@ -164,7 +164,12 @@ impl MinHashConfig {
             add.push(mix(a ^ 0xD6E8_FEB8_6659_FD93));
         }
         let mut sig = vec![u64::MAX; n];
-        min_hashes(&mut sig, &mul, &add, &shingles(text, self.shingle_words, self.seed));
+        min_hashes(
+            &mut sig,
+            &mul,
+            &add,
+            &shingles(text, self.shingle_words, self.seed),
+        );
         sig
     }
 

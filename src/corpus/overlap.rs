@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use foldhash::{HashMap, HashMapExt};
+use rayon::prelude::*;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -37,28 +38,35 @@ pub struct OverlapConfig {
 
 impl Default for OverlapConfig {
     /// 5-word shingles, as near-duplicate detection; 256 hashes give a containment estimate
-    /// within about ±0.03 of the truth (one standard deviation) near the threshold of 0.5.
+    /// within about ±0.03 of the truth (one standard deviation) near the threshold. A copy
+    /// holds nearly all of a document (placeholders, whitespace and text around it do not
+    /// count); 0.7 leaves room for edits.
     fn default() -> Self {
         OverlapConfig {
-            threshold: 0.5,
+            threshold: 0.7,
             shingle_words: 5,
             sample: 256,
         }
     }
 }
 
-/// Fewest distinct shingles a task document needs to be looked for (about a dozen words):
-/// a shorter one would match every note that shares a phrase with it.
+/// Fewest shingles of its own (shared with no other task document) a task document needs
+/// to be looked for: with fewer, a note sharing a phrase or two would match it.
 pub const MIN_SHINGLES: usize = 8;
 
 /// The hash seed: fixed, so that the same texts always give the same matches.
 const SEED: u64 = 0x7a5c_0b1e_55ed_0001;
 
-/// De-identification placeholders, MIMIC-III's and MIMIC-IV's, and the tags they become.
+/// De-identification placeholders, MIMIC-III's and MIMIC-IV's, the tags they become, and
+/// the shifted dates that MIMIC-III's placeholders leave as text (`2151-7-16`) where
+/// MIMIC-IV has `___`.
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
     let tags: Vec<String> = TAGS.iter().map(|t| regex::escape(t)).collect();
-    Regex::new(&format!(r"\[\*\*.{{0,120}}?\*\*\]|_{{3,}}|{}", tags.join("|")))
-        .expect("valid regex")
+    Regex::new(&format!(
+        r"\[\*\*.{{0,120}}?\*\*\]|_{{3,}}|\b\d{{4}}-\d{{1,2}}-\d{{1,2}}\b|{}",
+        tags.join("|")
+    ))
+    .expect("valid regex")
 });
 
 /// `text` without de-identification placeholders or tags, each replaced by a space.
@@ -83,6 +91,17 @@ pub struct Guarded {
     pub sampled: u32,
 }
 
+/// What the guard made of one task document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocSummary {
+    pub task: &'static str,
+    pub doc_id: String,
+    /// Its distinct shingles that no other task document has.
+    pub own_shingles: u64,
+    /// Whether notes are checked for it (it has at least [`MIN_SHINGLES`] of its own).
+    pub guarded: bool,
+}
+
 /// A note's match: the task document (an index into [`TaskIndex::docs`]) and the estimated
 /// share of its shingles that the note contains.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,20 +122,39 @@ pub struct TaskIndex {
 
 impl TaskIndex {
     /// Indexes `docs`, normalized as MIMIC-III notes are under `deid`. Returns the index and
-    /// the documents too short to look for (fewer than [`MIN_SHINGLES`] shingles).
+    /// what became of each document: those with fewer than [`MIN_SHINGLES`] shingles of
+    /// their own are not looked for.
     pub fn build(
         docs: &[TaskDoc],
         deid: Deid,
         config: OverlapConfig,
-    ) -> (TaskIndex, Vec<TaskDoc>) {
+    ) -> (TaskIndex, Vec<DocSummary>) {
+        let sets: Vec<Vec<u64>> = docs
+            .par_iter()
+            .map(|doc| {
+                let text = normalize(&doc.text, Source::MimicIii, deid);
+                shingle_set(&text, config.shingle_words)
+            })
+            .collect();
+        // Shingles that several task documents share are boilerplate (templated sentences
+        // such as "no pleural effusion or pneumothorax"): a note holding them need not hold
+        // any one document, so they are not counted.
+        let mut frequency: HashMap<u64, u32> = HashMap::new();
+        for &h in sets.iter().flatten() {
+            *frequency.entry(h).or_default() += 1;
+        }
         let mut guarded = Vec::new();
-        let mut short = Vec::new();
+        let mut summaries = Vec::with_capacity(docs.len());
         let mut pairs: Vec<(u64, u32)> = Vec::new();
-        for doc in docs {
-            let text = normalize(&doc.text, Source::MimicIii, deid);
-            let mut set = shingle_set(&text, config.shingle_words);
+        for (doc, mut set) in docs.iter().zip(sets) {
+            set.retain(|h| frequency[h] == 1);
+            summaries.push(DocSummary {
+                task: doc.task,
+                doc_id: doc.doc_id.clone(),
+                own_shingles: set.len() as u64,
+                guarded: set.len() >= MIN_SHINGLES,
+            });
             if set.len() < MIN_SHINGLES {
-                short.push(doc.clone());
                 continue;
             }
             set.truncate(config.sample.max(1));
@@ -144,7 +182,7 @@ impl TaskIndex {
             by_hash,
             postings,
         };
-        (index, short)
+        (index, summaries)
     }
 
     /// The documents looked for, in task and id order.
@@ -211,8 +249,8 @@ mod tests {
     #[test]
     fn placeholders_and_tags_are_invisible() {
         assert_eq!(
-            blind("seen by [**Known lastname 12**] at ___ on [Name] day"),
-            "seen by   at   on   day"
+            blind("seen by [**Known lastname 12**] at ___ on [Name] day 2151-7-16, 12:30"),
+            "seen by   at   on   day  , 12:30"
         );
         // Lines of underscores are rulers, and go too; two are text.
         assert_eq!(blind("a ____ b __ c"), "a   b __ c");
@@ -228,9 +266,9 @@ mod tests {
         // A long task document (so the sample is a true sample), and notes holding a
         // varying share of its text among words of their own.
         let task = words(&mut rng, 1_500);
-        let (index, short) =
+        let (index, summary) =
             TaskIndex::build(&[doc("clip", "1", &task.join(" "))], Deid::Tags, config);
-        assert!(short.is_empty());
+        assert!(summary[0].guarded);
         assert_eq!(index.docs()[0].sampled, 256);
         let exact_set = shingle_set(&task.join(" "), 5);
         for share in [0.2, 0.5, 0.8, 1.0] {
@@ -302,9 +340,13 @@ mod tests {
             doc("radqa", "1", "No acute cardiopulmonary process."),
             doc("radqa", "2", ""),
         ];
-        let (index, short) = TaskIndex::build(&docs, Deid::Tags, OverlapConfig::default());
+        let (index, summary) = TaskIndex::build(&docs, Deid::Tags, OverlapConfig::default());
         assert!(index.is_empty());
-        assert_eq!(short, docs);
+        let got: Vec<(&str, u64, bool)> = summary
+            .iter()
+            .map(|s| (s.doc_id.as_str(), s.own_shingles, s.guarded))
+            .collect();
+        assert_eq!(got, [("1", 1, false), ("2", 0, false)]);
         assert_eq!(index.matches("No acute cardiopulmonary process."), []);
     }
 }

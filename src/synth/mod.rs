@@ -152,7 +152,95 @@ impl<'c> Generator<'c> {
         let n4 = total - n3;
         self.generate_mimic3(n3);
         self.generate_mimic4(n4);
+        // MIMIC-IV copies of task documents take the place of the last MIMIC-IV notes, so
+        // the notes before them, and the task files drawn after them, stay as they were.
+        let copies = self.task_copy_sources(n4 / 10);
+        self.drop_last_mimic4(copies.len());
+        self.plant_task_copies(&copies);
         Ok(())
+    }
+
+    /// The MIMIC-III task documents (RadQA reports, CLIP summaries) that MIMIC-IV-Note holds
+    /// again: the first of each task and about a quarter of the rest, at most `most`. Drawn
+    /// from a generator of their own, so the other notes do not change.
+    fn task_copy_sources(&self, most: u64) -> Vec<u64> {
+        let mut rng = Rng::new(ehrprep_data::rng::mix(self.config.seed ^ 0x7a5c_c0de));
+        let radqa = self.radqa.iter().map(|d| d.row_id);
+        let clip = self.clip.iter().map(|d| d.row_id);
+        let mut sources = Vec::new();
+        for rows in [radqa.collect::<Vec<_>>(), clip.collect()] {
+            for (i, row_id) in rows.into_iter().enumerate() {
+                if (i == 0 || rng.chance(0.25)) && (sources.len() as u64) < most {
+                    sources.push(row_id);
+                }
+            }
+        }
+        sources
+    }
+
+    /// Drops the last `n` MIMIC-IV notes, and what the truth file says of them.
+    fn drop_last_mimic4(&mut self, n: usize) {
+        let gone: Vec<String> = self
+            .m4
+            .drain(self.m4.len().saturating_sub(n)..)
+            .map(|note| note.note_id)
+            .collect();
+        self.truth
+            .retain(|(id, _, of)| !gone.contains(id) && !gone.contains(of));
+    }
+
+    /// MIMIC-IV copies of the MIMIC-III notes `sources`, each under a patient of its own, as
+    /// MIMIC-IV-Note re-released them: placeholders re-de-identified as `___`, lines
+    /// re-wrapped, a header line and a closing sentence of its own.
+    fn plant_task_copies(&mut self, sources: &[u64]) {
+        let mut subject_id = self.m4.last().map_or(10_000_000, |n| n.subject_id) + 1;
+        let mut hadm_id = self
+            .m4
+            .iter()
+            .filter_map(|n| n.hadm_id)
+            .max()
+            .unwrap_or(20_000_000);
+        for &row_id in sources {
+            let Some(note) = self.m3.iter().find(|n| n.row_id == row_id) else {
+                continue;
+            };
+            let radiology = note.category == "Radiology";
+            let (note_type, header) = if radiology {
+                ("RR", format!("EXAMINATION:  {}", note.description))
+            } else {
+                (
+                    "DS",
+                    "Name:  ___                 Unit No:   ___".to_string(),
+                )
+            };
+            let text = format!(
+                "{header}\n\n{}\nThe patient was seen and examined on ___ by Dr. ___.",
+                rewrap(&reidentify(&note.text))
+            );
+            hadm_id += 1;
+            let note_id = format!("{subject_id}-{note_type}-1");
+            self.truth
+                .push((note_id.clone(), "task_copy", note.row_id.to_string()));
+            let time = format!("{} 12:00:00", note.chartdate);
+            self.m4.push(Mimic4Note {
+                note_id,
+                subject_id,
+                hadm_id: Some(hadm_id),
+                note_type,
+                note_seq: 1,
+                charttime: time.clone(),
+                storetime: Some(time),
+                text,
+                exam: radiology.then(|| {
+                    EXAMS
+                        .iter()
+                        .copied()
+                        .find(|e| *e == note.description)
+                        .unwrap_or(EXAMS[0])
+                }),
+            });
+            subject_id += 1;
+        }
     }
 
     /// A quirk at rate `p`, taken for sure the first time it is offered.
@@ -419,6 +507,40 @@ impl<'c> Generator<'c> {
             other => plain(self.short_note(other, age), &format!("{other} Note")),
         }
     }
+}
+
+/// MIMIC-IV's de-identification of a MIMIC-III text: every `[**...**]` becomes `___`.
+fn reidentify(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("[**") {
+        let Some(len) = rest[start..].find("**]") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str("___");
+        rest = &rest[start + len + 3..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Other line breaks: every third line joined to the one before it, runs of spaces as one.
+fn rewrap(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push(if i % 3 == 2 { ' ' } else { '\n' });
+        }
+        let mut last_space = false;
+        for c in line.chars() {
+            if !(c == ' ' && last_space) {
+                out.push(c);
+            }
+            last_space = c == ' ';
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -790,3 +790,183 @@ fn excluded_subjects_may_name_their_release() {
         "{err}"
     );
 }
+
+/// A MIMIC-III radiology report (a RadQA document) and discharge summary (a CLIP document),
+/// and MIMIC-IV notes: re-de-identified copies of both, a report sharing two sentences with
+/// the first, and a summary holding a third of the second.
+fn task_copy_inputs(d: &Dir) {
+    let findings = "There is a new patchy consolidation in the right lower lobe, concerning \
+        for pneumonia. Small right pleural effusion is present. The left lung is clear. Heart \
+        size is mildly enlarged, unchanged from [**2149-12-2**]. A right internal jugular \
+        catheter terminates in the mid superior vena cava.";
+    let impression = "Right lower lobe consolidation compatible with pneumonia in the \
+        appropriate clinical setting, with small right effusion. Followup radiographs after \
+        treatment recommended, per Dr. [**Last Name (STitle) 1234**].";
+    let report = format!(
+        "[**2150-1-1**] 8:14 AM\n CHEST (PA & LAT)   Clip # [**Clip Number (Radiology) 39734**]\n \
+         FINAL REPORT\nHISTORY: Fever and productive cough.\nFINDINGS: {findings}\n\
+         IMPRESSION: {impression}"
+    );
+    let summary_sentences = [
+        "Mr. [**Known lastname 4421**] is a 71 year old man admitted with acute on chronic \
+         systolic heart failure after running out of furosemide .",
+        "He was diuresed with intravenous furosemide with net negative four liters and his \
+         dyspnea resolved .",
+        "His metoprolol was increased to 50 mg twice daily and lisinopril was held for acute \
+         kidney injury , creatinine peak 2.1 .",
+        "Please weigh yourself every morning and call your cardiologist if your weight goes \
+         up more than three pounds .",
+        "Follow up with Dr. [**Last Name (STitle) 988**] in cardiology clinic on \
+         [**2151-8-20**] and have your chemistry panel checked within one week .",
+        "Restart lisinopril only if your kidney function has recovered at that visit .",
+    ];
+    let summary = summary_sentences
+        .join("\n")
+        .replace(" .", ".")
+        .replace(" ,", ",");
+    let mut m3 = format!("{}\n", mimic3_header());
+    for (row, subject, category, text) in [
+        (21, 7, "Radiology", report.as_str()),
+        (22, 8, "Discharge summary", summary.as_str()),
+        (
+            23,
+            9,
+            "Nursing",
+            "Unrelated nursing note: patient resting comfortably.",
+        ),
+    ] {
+        m3.push_str(&m3_row(row, subject, "", "", "", category, "", "", text));
+        m3.push('\n');
+    }
+    d.write("mimic/mimiciii/NOTEEVENTS.csv", m3);
+
+    // MIMIC-IV: other placeholders, other line breaks and spacing, lines of its own.
+    let iv = |s: &str| {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(at) = rest.find("[**") {
+            out.push_str(&rest[..at]);
+            out.push_str("___");
+            rest = &rest[at + rest[at..].find("**]").unwrap() + 3..];
+        }
+        out + rest
+    };
+    let rewrap = |s: &str| s.replace(". ", ".\n").replace(", ", ",  ");
+    let report_copy = format!(
+        "EXAMINATION:  CHEST (PA AND LAT)\n\nINDICATION:  ___ year old man with fever.\n\n\
+         FINDINGS:\n\n{}\n\nIMPRESSION:\n\n{}\n\nThe study was reviewed with the covering \
+         resident at ___.",
+        rewrap(&iv(findings)),
+        rewrap(&iv(impression))
+    );
+    let neighbour = "EXAMINATION:  CHEST (PA AND LAT)\n\nFINDINGS:\n\nSmall right pleural \
+        effusion is present. The left lung is clear. No focal consolidation. Cardiomediastinal \
+        silhouette is normal. No pneumothorax.\n\nIMPRESSION:\n\nSmall right effusion.";
+    let summary_copy = format!(
+        "Name:  ___                 Unit No:   ___\n \nAdmission Date:  ___\n\n{}\n\nDischarge \
+         Condition: stable.",
+        rewrap(&iv(&summary))
+    );
+    let third = summary_sentences[..2].join(" ").replace(" .", ".");
+    let part = format!("Brief Hospital Course:\n{}\nDischarged home.", iv(&third));
+    let quote = |s: &str| s.replace('"', "\"\"");
+    d.write(
+        "mimic/mimic-iv-note/2.2/note/radiology.csv",
+        format!(
+            "{MIMIC4_HEADER}\n10000010-RR-1,10000010,,RR,1,2180-01-01 00:00:00,,\"{}\"\n\
+             10000012-RR-1,10000012,,RR,1,2180-01-01 00:00:00,,\"{}\"\n",
+            quote(&report_copy),
+            quote(neighbour)
+        ),
+    );
+    d.write(
+        "mimic/mimic-iv-note/2.2/note/discharge.csv",
+        format!(
+            "{MIMIC4_HEADER}\n10000011-DS-1,10000011,3001,DS,1,2180-01-01 00:00:00,,\"{}\"\n\
+             10000013-DS-1,10000013,3002,DS,1,2180-01-01 00:00:00,,\"{}\"\n",
+            quote(&summary_copy),
+            quote(&part)
+        ),
+    );
+
+    // RadQA: the report's findings and impression as two contexts; CLIP: the summary's
+    // sentences, tokenized.
+    let radqa = serde_json::json!({
+        "version": "v2.0",
+        "data": [{"title": "21", "paragraphs": [
+            {"context": findings, "qas": []},
+            {"context": impression, "qas": []},
+        ]}],
+    });
+    d.write("tasks/radqa/test.json", radqa.to_string());
+    let mut clip = String::from("doc_id,sent_index,sentence,labels\n");
+    for (i, s) in summary_sentences.iter().enumerate() {
+        let tokens: Vec<String> = s
+            .split_whitespace()
+            .map(|t| format!("'{}'", t.replace('\'', "\\'")))
+            .collect();
+        clip.push_str(&format!("22,{i},\"[{}]\",[]\n", tokens.join(", ")));
+    }
+    d.write("tasks/clip/sentence_level.csv", clip);
+}
+
+#[test]
+fn mimic4_copies_of_task_documents_are_dropped_by_their_text() {
+    let d = Dir::new();
+    task_copy_inputs(&d);
+    d.build_corpus(&["--task-data", "tasks", "--quiet"]).ok();
+    let got = decisions(&d.join("out"));
+    let reason = |source: &str, id: &str| got[&(source.to_string(), id.to_string())].clone();
+    // The task notes themselves go by patient, their MIMIC-IV copies by content.
+    assert_eq!(reason("mimic-iii", "21"), "task_patient");
+    assert_eq!(reason("mimic-iii", "22"), "task_patient");
+    assert_eq!(reason("mimic-iii", "23"), "kept");
+    assert_eq!(reason("mimic-iv", "10000010-RR-1"), "task_text_overlap");
+    assert_eq!(reason("mimic-iv", "10000011-DS-1"), "task_text_overlap");
+    // Two shared sentences, or a third of a document, are not a copy.
+    assert_eq!(reason("mimic-iv", "10000012-RR-1"), "kept");
+    assert_eq!(reason("mimic-iv", "10000013-DS-1"), "kept");
+    let conn = catalog(&d.join("out"));
+    let overlap = rows(
+        &conn,
+        "SELECT source, note_id, task, task_doc_id, containment >= 0.9 FROM task_overlap",
+    );
+    assert_eq!(
+        overlap,
+        [
+            ["mimic-iv", "10000011-DS-1", "clip", "22", "true"],
+            ["mimic-iv", "10000010-RR-1", "radqa", "21", "true"],
+        ]
+        .map(|r| r.map(String::from))
+    );
+    // The summary's third, looked for with a lower threshold, goes too; without the guard
+    // both copies stay.
+    d.build_corpus(&[
+        "--task-data",
+        "tasks",
+        "--task-overlap-threshold",
+        "0.2",
+        "--force",
+        "--quiet",
+    ])
+    .ok();
+    let got = decisions(&d.join("out"));
+    let part = &got[&("mimic-iv".to_string(), "10000013-DS-1".to_string())];
+    assert_eq!(part, "task_text_overlap");
+    d.build_corpus(&[
+        "--task-data",
+        "tasks",
+        "--no-task-overlap",
+        "--force",
+        "--quiet",
+    ])
+    .ok();
+    let got = decisions(&d.join("out"));
+    assert!(
+        got.iter()
+            .all(|(k, r)| k.0 == "mimic-iii" || r.as_str() == "kept"),
+        "{got:?}"
+    );
+    let conn = catalog(&d.join("out"));
+    assert_eq!(rows(&conn, "SELECT count(*) FROM task_overlap"), [["0"]]);
+}

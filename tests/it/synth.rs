@@ -154,6 +154,41 @@ fn synth_corpus_builds_and_exercises_every_rule() {
         "every later cluster member is dropped under strict"
     );
 
+    // MIMIC-IV copies of task documents go by their text: every planted copy of a document
+    // the guard looks for is dropped, and the documents it cannot look for are listed in
+    // task_documents. What else the guard drops is printed, not pinned (templated notes).
+    let copies = rows(
+        &conn,
+        &format!(
+            "SELECT g.guarded, d.reason, count(*)
+             FROM read_csv('{}', all_varchar = true) t
+             JOIN note_decisions d ON d.note_id = t.note_id
+             JOIN task_documents g ON g.doc_id = t.of_note_id
+             WHERE t.kind = 'task_copy' GROUP BY ALL ORDER BY ALL",
+            truth.display()
+        ),
+    );
+    let caught: Vec<&Vec<String>> = copies.iter().filter(|r| r[0] == "true").collect();
+    assert!(
+        caught.len() == 1 && caught[0][1] == "task_text_overlap",
+        "{copies:?}"
+    );
+    assert!(caught[0][2].parse::<u32>().unwrap() >= 3, "{copies:?}");
+    let dropped = rows(
+        &conn,
+        &format!(
+            "SELECT count(*) FILTER (WHERE t.note_id IS NOT NULL), count(*)
+             FROM note_decisions d LEFT JOIN read_csv('{}', all_varchar = true) t
+               ON t.note_id = d.note_id AND t.kind = 'task_copy'
+             WHERE d.reason = 'task_text_overlap'",
+            truth.display()
+        ),
+    );
+    eprintln!(
+        "task copies: {copies:?}; planted among dropped {}/{}",
+        dropped[0][0], dropped[0][1]
+    );
+
     // The long note was read whole: decided, and in the corpus at full length if kept.
     let long = rows(
         &conn,

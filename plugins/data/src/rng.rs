@@ -4,7 +4,8 @@
 //! and exact resume depend on.
 
 /// SplitMix64's output function: a bijective mix of 64 bits, also used on its own to derive
-/// hash seeds from a seed.
+/// hash seeds from a seed. Inlined: shingle hashing calls it once per word.
+#[inline]
 pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
