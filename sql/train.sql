@@ -21,6 +21,11 @@ CREATE TABLE IF NOT EXISTS train_runs (
 );
 -- The dropout trained with (catalogs from before it was recorded gain the column).
 ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS dropout DOUBLE;
+-- Data parallelism: processes, sequences per micro-batch on each, sequences per optimizer
+-- step over all of them (a resumed run records its latest launch).
+ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS world_size BIGINT;
+ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS batch_per_rank BIGINT;
+ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS global_batch BIGINT;
 CREATE TABLE IF NOT EXISTS train_steps (
     run_id          VARCHAR NOT NULL,
     step            BIGINT NOT NULL,
@@ -45,7 +50,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 SELECT count(*) FROM build_runs WHERE build_id = ? AND status = 'succeeded';
 
 -- name: insert_run
-INSERT INTO train_runs VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, now(), NULL, 'running', 0, NULL);
+INSERT INTO train_runs (run_id, build_id, tokenizer_sha256, out, model, config, plugin,
+                        plugin_version, ehrprep_version, started_at, status, steps_done)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now(), 'running', 0);
+
+-- name: set_world
+UPDATE train_runs SET world_size = ?, batch_per_rank = ?, global_batch = ? WHERE run_id = ?;
 
 -- name: run_of_folder
 SELECT run_id FROM train_runs WHERE out = ? ORDER BY started_at DESC LIMIT 1;

@@ -220,6 +220,7 @@ pub fn run(
         out: run_dir.clone(),
         resume,
         request: p.clone(),
+        world: None,
     };
     let summary = crate::train::pretrain::run(&config, plugin, cancel, reporter)?;
     note(

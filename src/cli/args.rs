@@ -317,6 +317,14 @@ pub(crate) struct PretrainArgs {
     /// CPU threads for libtorch (0: libtorch's default).
     #[arg(long, default_value_t = PRETRAIN.threads)]
     pub(crate) threads: i32,
+    /// Train data-parallel on N local processes (ranks; on CUDA, one GPU each), started
+    /// here as torchrun would; --batch-size is then per rank. Under torchrun or srun, leave
+    /// it out: the ranks come from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT.
+    #[arg(long, value_name = "N")]
+    pub(crate) nproc_per_node: Option<usize>,
+    /// Seconds a rank waits for the others (joining, each collective) before failing.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub(crate) dist_timeout: u64,
     /// Use this plugin library instead of searching EHRPREP_PLUGIN_PATH and the binary's folder.
     #[arg(long, value_name = "PATH")]
     pub(crate) plugin: Option<PathBuf>,

@@ -112,6 +112,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
+    if let Some(nproc) = args.nproc_per_node {
+        // The ranks get Ctrl-C from the terminal themselves and stop together; the
+        // launcher only waits for them.
+        let _ = ctrlc::set_handler(|| {});
+        let program = std::env::current_exe()?;
+        crate::train::world::launch(&program, &without_nproc(std::env::args_os()), nproc)?;
+        return Ok(());
+    }
+    let world = crate::train::world::from_env(args.dist_timeout)?;
+    let lead = world.as_ref().is_none_or(|w| w.rank == 0);
     let plugin = find_plugin("pretrain", args.plugin.as_deref())?;
     let cancel = cancel_on_ctrl_c();
     let resume = args.resume.is_some();
@@ -143,7 +153,12 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
             .expect("clap requires --out or --resume"),
         resume,
         request,
+        world,
     };
+    if !lead {
+        crate::train::pretrain::run(&config, &plugin, cancel, &BarReporter::new(true))?;
+        return Ok(());
+    }
     eprintln!(
         "plugin {} {} ({})",
         plugin.info.name,
@@ -219,6 +234,24 @@ fn find_plugin(capability: &str, explicit: Option<&Path>) -> anyhow::Result<Plug
         plugin.prepare_environment()
     };
     Ok(plugin)
+}
+
+/// This program's arguments, the subcommand's included, without `--nproc-per-node N`:
+/// what each rank runs.
+fn without_nproc(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args.skip(1) {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match arg.to_str() {
+            Some("--nproc-per-node") => skip_value = true,
+            Some(a) if a.starts_with("--nproc-per-node=") => {}
+            _ => out.push(arg),
+        }
+    }
+    out
 }
 
 /// First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.

@@ -4,12 +4,15 @@
 //! The host decides what to train and where; the plugin owns the model and the loop. A
 //! resumed run continues the same `train_runs` row, and the steps between its checkpoint
 //! and the crash are recorded again, once.
+//!
+//! In a data-parallel run every rank runs this; rank 0 alone opens the catalog and
+//! records the run, the others only train.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::{Connection, params};
-use ehrprep_plugin_api::requests::{PretrainRequest, TrainEvent};
+use ehrprep_plugin_api::requests::{PretrainRequest, TrainEvent, World};
 use ehrprep_plugin_api::{HostSink, LOG_WARN};
 use serde::Deserialize;
 use serde_json::Value;
@@ -30,6 +33,8 @@ pub struct PretrainConfig {
     /// The training settings. The host fills in where the shards and the run folder are;
     /// on resume only `steps` is taken, the rest comes from the run's `run.json`.
     pub request: PretrainRequest,
+    /// This process's rank in a data-parallel run ([`super::world::from_env`]).
+    pub world: Option<World>,
 }
 
 /// How a run ended.
@@ -67,6 +72,7 @@ fn request(config: &PretrainConfig) -> Result<(PathBuf, PretrainRequest)> {
             .map_err(|e| Error::Invalid(format!("`{}` is malformed: {e}", path.display())))?;
         req.resume = true;
         req.steps = config.request.steps;
+        keep_global_batch(&mut req, config.world.clone())?;
         // The folder may have moved since: train where it is now.
         req.out = absolute(out)?;
         if req.shards_dir.as_os_str().is_empty() {
@@ -93,7 +99,31 @@ fn request(config: &PretrainConfig) -> Result<(PathBuf, PretrainRequest)> {
     req.resume = false;
     req.run_id = None;
     req.init = req.init.as_deref().map(absolute).transpose()?;
+    req.world = config.world.clone();
     Ok((build, req))
+}
+
+/// Sequences per optimizer step over all ranks.
+pub fn global_batch(req: &PretrainRequest) -> usize {
+    req.batch_size * req.grad_accum * req.world.as_ref().map_or(1, |w| w.size)
+}
+
+/// A run resumed on another number of ranks keeps its global batch (and so its data
+/// position and schedule): the micro-batch stays, the accumulation takes up the change.
+fn keep_global_batch(req: &mut PretrainRequest, world: Option<World>) -> Result<()> {
+    let global = global_batch(req);
+    let ranks = world.as_ref().map_or(1, |w| w.size);
+    let per_step = req.batch_size * ranks;
+    if global % per_step != 0 {
+        return Err(Error::Invalid(format!(
+            "the run trains on {global} sequences a step; {ranks} ranks of {} cannot make that up (resume on a number of ranks that divides {})",
+            req.batch_size,
+            global / req.batch_size
+        )));
+    }
+    req.grad_accum = global / per_step;
+    req.world = world;
+    Ok(())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -108,6 +138,9 @@ pub fn run(
     reporter: &dyn Reporter,
 ) -> Result<PretrainSummary> {
     let (build, req) = request(config)?;
+    if let Some(world) = req.world.as_ref().filter(|w| w.rank != 0) {
+        return follow(world, &req, plugin, cancel);
+    }
     let shards = build.join("shards");
     let manifest_path = shards.join("manifest.json");
     let manifest: ManifestIds = std::fs::read_to_string(&manifest_path)
@@ -198,6 +231,16 @@ pub fn run(
         }
     };
     let request_json = serde_json::to_string(&req).expect("request serializes");
+    conn.execute(
+        TRAIN.get("set_world"),
+        params![
+            req.world.as_ref().map_or(1, |w| w.size) as i64,
+            req.batch_size as i64,
+            global_batch(&req) as i64,
+            run_id
+        ],
+    )
+    .map_err(doing("recording the ranks"))?;
 
     let mut sink = Sink {
         conn: &conn,
@@ -227,6 +270,48 @@ pub fn run(
         status,
         result: serde_json::from_str(&result).unwrap_or(Value::Null),
     })
+}
+
+/// A rank other than 0: trains, reports warnings under its rank, records nothing.
+fn follow(
+    world: &World,
+    req: &PretrainRequest,
+    plugin: &Plugin,
+    cancel: &AtomicBool,
+) -> Result<PretrainSummary> {
+    let mut sink = Follower {
+        rank: world.rank,
+        cancel,
+    };
+    let request_json = serde_json::to_string(req).expect("request serializes");
+    let (status, result) = match plugin.call("pretrain", &request_json, &mut sink)? {
+        Outcome::Finished(json) => ("finished", json),
+        Outcome::Cancelled(json) => ("cancelled", json),
+    };
+    Ok(PretrainSummary {
+        run_id: String::new(),
+        status,
+        result: serde_json::from_str(&result).unwrap_or(Value::Null),
+    })
+}
+
+struct Follower<'a> {
+    rank: usize,
+    cancel: &'a AtomicBool,
+}
+
+impl HostSink for Follower<'_> {
+    fn log(&mut self, level: u32, text: &str) {
+        if level == LOG_WARN {
+            eprintln!("rank {}: warning: {text}", self.rank);
+        }
+    }
+
+    fn event(&mut self, _: &str) {}
+
+    fn cancelled(&mut self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
 }
 
 /// Receives the plugin's events and writes them to the catalog.

@@ -93,6 +93,35 @@ pub struct PretrainRequest {
     /// The host's id for this run, kept in run.json so the host finds it again.
     #[serde(default)]
     pub run_id: Option<String>,
+    /// This process's place in a data-parallel run (from torchrun's, SLURM's or ehrprep's
+    /// launcher environment); none: one process. `batch_size` is then per rank.
+    #[serde(default)]
+    pub world: Option<World>,
+}
+
+/// One rank of a data-parallel run and how to reach the others (torch.distributed's
+/// environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct World {
+    pub rank: usize,
+    pub size: usize,
+    /// The rank on this machine: which CUDA device it takes.
+    pub local_rank: usize,
+    /// Where rank 0 serves the rendezvous store.
+    pub master_addr: String,
+    pub master_port: u16,
+    /// The network interface Gloo binds to (GLOO_SOCKET_IFNAME); none: loopback when the
+    /// master is local, else the address this machine's hostname resolves to.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// How long a collective or the rendezvous may wait for a rank before failing.
+    #[serde(default = "default_world_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_world_timeout() -> u64 {
+    600
 }
 
 impl Default for PretrainRequest {
@@ -119,6 +148,7 @@ impl Default for PretrainRequest {
             keep_last: default_keep(),
             threads: 0,
             run_id: None,
+            world: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod cuda;
 pub mod data;
+pub mod dist;
 pub mod finetune;
 pub mod generate;
 pub mod model;

@@ -16,6 +16,7 @@ use ehrprep_data::rng::GOLDEN;
 use ehrprep_data::shards::{Manifest, Split};
 
 use crate::data::{batch, failed};
+use crate::dist::Group;
 use crate::model::{T5, T5Config};
 use crate::optim::{Optimizer, Schedule, clip_grad_norm};
 
@@ -44,7 +45,8 @@ pub struct TrainerState {
     pub validation_loss: Option<f64>,
 }
 
-/// The seed of the dropout masks of micro-batch `micro` of optimizer step `step` (0-based).
+/// The seed of the dropout masks of micro-batch `micro` of optimizer step `step` (0-based);
+/// in a data-parallel run, `micro` counts every rank's micro-batches (`micro * world + rank`).
 fn dropout_seed(seed: u64, step: u64, micro: u64) -> i64 {
     let mut r = ehrprep_data::rng::Rng::new(
         seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ micro.wrapping_mul(GOLDEN),
@@ -119,7 +121,13 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             )));
         }
     }
-    let device = device_for(&req.device)?;
+    // A rank takes the CUDA device of its local rank, as torchrun expects.
+    let device = match &req.world {
+        Some(w) if matches!(req.device.as_str(), "auto" | "cuda") && tch::Cuda::is_available() => {
+            device_for(&format!("cuda:{}", w.local_rank))?
+        }
+        _ => device_for(&req.device)?,
+    };
     let manifest = Manifest::read(&req.shards_dir).map_err(failed)?;
     let train_rows = Rows::load(&req.shards_dir, &manifest, Split::Train).map_err(failed)?;
     let valid_rows = Rows::load(&req.shards_dir, &manifest, Split::Validation).map_err(failed)?;
@@ -151,6 +159,14 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     } else {
         None
     };
+    // Every rank has checked the run folder before rank 0 can write to it: joining waits
+    // for all of them.
+    let group = match &req.world {
+        Some(w) if w.size > 1 => Some(Group::join(w)?),
+        _ => None,
+    };
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.size));
+    let lead = rank == 0;
     let mut config = match (&resume_from, &req.init) {
         (Some(dir), _) | (None, Some(dir)) => T5Config::read(dir)?,
         (None, None) => T5Config::preset(&req.model).ok_or_else(|| {
@@ -255,15 +271,21 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         optimizer.load_state(state.step, named, device)?;
         start_step = state.step;
         examples_seen = state.examples;
-        host.info(&format!(
-            "resuming from step {start_step} ({})",
-            dir.display()
-        ));
+        if lead {
+            host.info(&format!(
+                "resuming from step {start_step} ({})",
+                dir.display()
+            ));
+        }
     } else if let Some(dir) = &req.init {
         crate::checkpoint::load_hf(&mut vs, dir, init_vocab)?;
-        host.info(&format!("initialized from {}", dir.display()));
+        if lead {
+            host.info(&format!("initialized from {}", dir.display()));
+        }
     }
-    crate::checkpoint::prepare_run_dir(&req.out, req)?;
+    if lead {
+        crate::checkpoint::prepare_run_dir(&req.out, req)?;
+    }
 
     let lr_schedule = match (req.optimizer, req.lr) {
         (_, Some(lr)) => Schedule::InverseSqrt {
@@ -275,7 +297,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             // T5 warmed up 10,000 steps, so its peak was 0.01. A short warmup makes the
             // default far larger (0.32 at 10 steps), and such a checkpoint finetuned slower
             // than a freshly initialized model.
-            if resume_from.is_none() && peak > 0.01 {
+            if lead && resume_from.is_none() && peak > 0.01 {
                 host.warn(&format!(
                     "with warmup {} the default peak learning rate, 1/sqrt(warmup), is \
                      {peak:.3}, above T5's 0.01; give the rate (--lr; T5's: 0.01)",
@@ -297,9 +319,19 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
+    // The ranks start from the same weights whatever each one drew or read: rank 0's.
+    if let Some(g) = &group {
+        g.broadcast_all(params.iter().map(|(_, p)| p))?;
+    }
     let device_label = device_name(device);
     let parameters = config.parameters();
-    host.event(&TrainEvent::Start {
+    // Rank 0 speaks for the run: events, validation, checkpoints.
+    let event = |e: &TrainEvent| {
+        if lead {
+            host.event(e)
+        }
+    };
+    event(&TrainEvent::Start {
         start_step,
         steps: req.steps,
         device: device_label.clone(),
@@ -340,8 +372,17 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         Some(total / batches as f64)
     };
 
+    // A data-parallel step takes `world` micro-batches side by side: rank r the r-th
+    // `batch_size` examples of each, so the ranks together see what one process with
+    // `world * batch_size` would, in the same order.
+    let stride = (world * req.batch_size) as u64;
     while step < req.steps {
-        if host.cancelled() {
+        // Every rank stops at the same step when any one is asked to.
+        let stop = match &group {
+            Some(g) => g.sum(&[f64::from(u8::from(host.cancelled()))])?[0] > 0.0,
+            None => host.cancelled(),
+        };
+        if stop {
             break;
         }
         let t0 = Instant::now();
@@ -349,13 +390,18 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         let mut tokens = 0;
         let mut zeroed = false;
         for micro in 0..req.grad_accum as u64 {
-            let b = batch(&mut train, examples_seen, req.batch_size, device);
-            examples_seen += req.batch_size as u64;
+            let first = examples_seen + (rank * req.batch_size) as u64;
+            let b = batch(&mut train, first, req.batch_size, device);
+            examples_seen += stride;
             // Dropout masks are a function of (seed, step, micro-batch), so a resumed run
             // draws the ones an uninterrupted run would have.
             let loss = {
                 let _guard = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
-                tch::manual_seed(dropout_seed(req.seed, step, micro));
+                tch::manual_seed(dropout_seed(
+                    req.seed,
+                    step,
+                    micro * world as u64 + rank as u64,
+                ));
                 model.loss(&b.inputs, &b.mask, &b.labels, true)
             };
             if !zeroed {
@@ -371,7 +417,14 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             loss_sum += loss.double_value(&[]);
             tokens += b.input_tokens;
         }
-        let loss = loss_sum / req.grad_accum as f64;
+        if let Some(g) = &group {
+            let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
+            g.average_gradients(&grads)?;
+            let sums = g.sum(&[loss_sum, tokens as f64])?;
+            (loss_sum, tokens) = (sums[0], sums[1] as usize);
+        }
+        // Every rank holds the same averaged gradients and loss, so all stop here together.
+        let loss = loss_sum / (req.grad_accum * world) as f64;
         if !loss.is_finite() {
             return Err(CallError::Failed(format!(
                 "the loss is {loss} at step {}; stopping",
@@ -390,7 +443,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         optimizer.step(&params, lr);
         let seconds = t0.elapsed().as_secs_f64();
         last_loss = Some(loss);
-        host.event(&TrainEvent::TrainStep {
+        event(&TrainEvent::TrainStep {
             step,
             loss,
             lr,
@@ -399,11 +452,12 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
             elapsed_s: started.elapsed().as_secs_f64(),
         });
-        let save = step == req.steps || (req.save_every > 0 && step % req.save_every == 0);
-        if save || (req.eval_every > 0 && step % req.eval_every == 0) {
+        let save =
+            lead && (step == req.steps || (req.save_every > 0 && step % req.save_every == 0));
+        if lead && (save || (req.eval_every > 0 && step % req.eval_every == 0)) {
             validation_loss = validate(&model);
             if let Some(loss) = validation_loss {
-                host.event(&TrainEvent::Validation { step, loss });
+                event(&TrainEvent::Validation { step, loss });
             }
         }
         if save {
@@ -436,26 +490,28 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             .as_ref()
             .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned());
-        let result =
-            if saved.as_deref() != Some(&crate::checkpoint::dir_name(step)) && step > start_step {
-                let dir = write_checkpoint(
-                    &vs,
-                    &model,
-                    &optimizer,
-                    &manifest,
-                    req,
-                    step,
-                    examples_seen,
-                    validation_loss,
-                    host,
-                )?;
-                PretrainResult {
-                    checkpoint: Some(dir),
-                    ..result
-                }
-            } else {
-                result
-            };
+        let result = if lead
+            && saved.as_deref() != Some(&crate::checkpoint::dir_name(step))
+            && step > start_step
+        {
+            let dir = write_checkpoint(
+                &vs,
+                &model,
+                &optimizer,
+                &manifest,
+                req,
+                step,
+                examples_seen,
+                validation_loss,
+                host,
+            )?;
+            PretrainResult {
+                checkpoint: Some(dir),
+                ..result
+            }
+        } else {
+            result
+        };
         return Err(CallError::Cancelled(
             serde_json::to_string(&result).expect("result serializes"),
         ));

@@ -130,6 +130,7 @@ fn pretrain_stops_cleanly_when_cancelled_and_marks_the_run() {
             save_every: 0,
             ..Default::default()
         },
+        world: None,
     };
     // Cancelled before the first step: the run is recorded as cancelled with no steps.
     let cancel = AtomicBool::new(true);

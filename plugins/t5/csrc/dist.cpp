@@ -1,0 +1,136 @@
+// The plugin's door to torch.distributed: a C ABI over libtorch's own c10d (TCPStore for
+// the rendezvous, ProcessGroupGloo for the collectives), compiled against the headers of
+// the PyTorch wheel that tch links. Nothing here reduces anything by itself.
+//
+// Every function catches what c10d throws and hands the message back through `err`
+// (free it with ehr_dist_free_error); none lets an exception cross into Rust.
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+struct ehr_dist {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::chrono::milliseconds timeout;
+};
+
+namespace {
+
+char* copy_message(const char* what) {
+  size_t n = std::strlen(what);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) {
+    std::memcpy(out, what, n + 1);
+  }
+  return out;
+}
+
+template <class F>
+int guarded(char** err, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const c10::Error& e) {
+    *err = copy_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    *err = copy_message(e.what());
+  } catch (...) {
+    *err = copy_message("an unknown C++ exception");
+  }
+  return 1;
+}
+
+bool loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+} // namespace
+
+extern "C" {
+
+// Joins the group: rank 0 serves the TCPStore at host:port, every rank connects to it,
+// then the Gloo process group connects all ranks. Gloo binds to `interface` when given
+// (GLOO_SOCKET_IFNAME), to loopback when the master is local, else to the address this
+// machine's hostname resolves to. Returns null and sets `err` on failure.
+ehr_dist* ehr_dist_new(
+    const char* host,
+    uint16_t port,
+    int rank,
+    int world,
+    const char* interface,
+    int64_t timeout_ms,
+    char** err) {
+  ehr_dist* out = nullptr;
+  guarded(err, [&] {
+    std::chrono::milliseconds timeout(timeout_ms);
+    c10d::TCPStoreOptions options;
+    options.port = port;
+    options.isServer = rank == 0;
+    options.numWorkers = static_cast<size_t>(world);
+    options.waitWorkers = true;
+    options.timeout = timeout;
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
+    if (interface != nullptr && interface[0] != '\0') {
+      gloo->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+    } else if (loopback(host)) {
+      gloo->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    } else {
+      gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    auto backend =
+        c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
+    out = new ehr_dist{store, backend, timeout};
+  });
+  return out;
+}
+
+// Sums `tensor` over all ranks, in place.
+int ehr_dist_allreduce_sum(ehr_dist* d, at::Tensor* tensor, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::AllreduceOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    d->backend->allreduce(tensors, options)->wait(d->timeout);
+  });
+}
+
+// Every rank's `tensor` becomes rank `root`'s, in place.
+int ehr_dist_broadcast(ehr_dist* d, at::Tensor* tensor, int root, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    d->backend->broadcast(tensors, options)->wait(d->timeout);
+  });
+}
+
+// Returns when every rank has called it.
+int ehr_dist_barrier(ehr_dist* d, char** err) {
+  return guarded(err, [&] {
+    c10d::BarrierOptions options;
+    options.timeout = d->timeout;
+    d->backend->barrier(options)->wait(d->timeout);
+  });
+}
+
+void ehr_dist_free(ehr_dist* d) {
+  char* err = nullptr;
+  guarded(&err, [&] { delete d; });
+  std::free(err);
+}
+
+void ehr_dist_free_error(char* err) {
+  std::free(err);
+}
+
+} // extern "C"
