@@ -114,7 +114,7 @@ fn keep_global_batch(req: &mut PretrainRequest, world: Option<World>) -> Result<
     let global = global_batch(req);
     let ranks = world.as_ref().map_or(1, |w| w.size);
     let per_step = req.batch_size * ranks;
-    if global % per_step != 0 {
+    if !global.is_multiple_of(per_step) {
         return Err(Error::Invalid(format!(
             "the run trains on {global} sequences a step; {ranks} ranks of {} cannot make that up (resume on a number of ranks that divides {})",
             req.batch_size,

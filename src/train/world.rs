@@ -58,7 +58,9 @@ pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Opt
             "{rank_var} {rank} is not a rank of {size_var} {size}"
         )));
     }
-    if size == 1 {
+    // One rank is a group too when a launcher says so (`--nproc-per-node 1`, torchrun): the
+    // same code path as many. A lone SLURM task without MASTER_ADDR is just a process.
+    if size == 1 && var("MASTER_ADDR").is_none() {
         return Ok(None);
     }
     let local_rank = number(local_var)?.unwrap_or(0);
@@ -251,6 +253,13 @@ mod tests {
     fn one_process_is_no_world() {
         assert_eq!(world(&[]).unwrap(), None);
         assert_eq!(world(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
+        // ... unless a launcher gave it a rendezvous: a group of one.
+        let alone = world(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+        ]);
+        assert_eq!(alone.unwrap().map(|w| w.size), Some(1));
         assert_eq!(
             world(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]).unwrap(),
             None

@@ -161,10 +161,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     };
     // Every rank has checked the run folder before rank 0 can write to it: joining waits
     // for all of them.
-    let group = match &req.world {
-        Some(w) if w.size > 1 => Some(Group::join(w)?),
-        _ => None,
-    };
+    let group = req.world.as_ref().map(Group::join).transpose()?;
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.size));
     let lead = rank == 0;
     let mut config = match (&resume_from, &req.init) {

@@ -2,6 +2,7 @@
 //! `evaluate` and `experiment run` on the CPU, with the catalog checked afterwards. They
 //! run the `ehrprep` binary that `cargo test --workspace` builds beside this test.
 
+mod distributed;
 mod experiment;
 mod finetune;
 mod pretrain;

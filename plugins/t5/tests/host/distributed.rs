@@ -1,0 +1,294 @@
+//! Data-parallel pretraining on the CPU: two Gloo ranks on loopback through libtorch's
+//! c10d, started by `ehrprep pretrain --nproc-per-node 2` or by hand as torchrun would.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+
+use crate::util::*;
+
+/// `ehrprep pretrain` of the tiny model with everything but the batch and the ranks fixed.
+fn pretrain_args<'a>(plugin: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "pretrain",
+        "--build",
+        "out",
+        "--out",
+        out,
+        "--model",
+        "tiny",
+        "--steps",
+        steps,
+        "--seed",
+        "11",
+        "--lr",
+        "0.01",
+        "--warmup",
+        "10",
+        "--dropout",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--save-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--plugin",
+        plugin,
+        "--quiet",
+    ]
+}
+
+fn weights(run: &Path, step: u64) -> Vec<(String, Tensor)> {
+    let file = run.join(format!("checkpoint-{step:08}/model.safetensors"));
+    let mut named = Tensor::read_safetensors(&file).unwrap();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Every tensor of `a` within `rel` of `b`'s, relative to the tensor's largest value.
+fn assert_weights_close(a: &[(String, Tensor)], b: &[(String, Tensor)], rel: f64) {
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (other, y)) in a.iter().zip(b) {
+        assert_eq!(name, other);
+        let diff = (x - y).abs().max().double_value(&[]);
+        let scale = x.abs().max().double_value(&[]).max(1e-3);
+        assert!(
+            diff <= rel * scale,
+            "{name}: differs by {diff} (scale {scale})"
+        );
+    }
+}
+
+fn losses(dir: &Dir, out: &str) -> Vec<f64> {
+    let db = catalog(&dir.join("out"));
+    rows(
+        &db,
+        &format!(
+            "SELECT s.loss::VARCHAR FROM train_steps s JOIN train_runs r USING (run_id)
+             WHERE r.out LIKE '%/{out}' ORDER BY s.step"
+        ),
+    )
+    .iter()
+    .map(|r| r[0].parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn two_ranks_train_as_one_process_with_twice_the_batch_and_resume_on_one() {
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+
+    let mut two = pretrain_args(&plugin, "runs/two", "10");
+    two.extend(["--batch-size", "2", "--nproc-per-node", "2"]);
+    let stdout = dir.ehrprep(&two).ok();
+    // Rank 0 alone reports the run.
+    assert_eq!(stdout.matches("finished at step 10").count(), 1, "{stdout}");
+    let mut one = pretrain_args(&plugin, "runs/one", "10");
+    one.extend(["--batch-size", "4"]);
+    dir.ehrprep(&one).ok();
+
+    // Same examples in the same order, gradients averaged over the ranks: the same losses
+    // and weights as one process, up to the order of float sums.
+    let (l2, l1) = (losses(&dir, "runs/two"), losses(&dir, "runs/one"));
+    assert_eq!(l2.len(), 10);
+    for (step, (a, b)) in l2.iter().zip(&l1).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "step {}: {a} on two ranks, {b} on one",
+            step + 1
+        );
+    }
+    // A group of one (`--nproc-per-node 1`, as on a single GPU) goes through the same
+    // collectives and changes nothing.
+    let mut solo = pretrain_args(&plugin, "runs/solo", "10");
+    solo.extend(["--batch-size", "4", "--nproc-per-node", "1"]);
+    dir.ehrprep(&solo).ok();
+    assert_eq!(losses(&dir, "runs/solo"), l1);
+    // A wrong split of the batch (both ranks on the same examples) would not match.
+    assert!((l1[0] - l1[1]).abs() > 1e-3);
+    let reference = weights(&dir.join("runs/one"), 10);
+    assert_weights_close(&weights(&dir.join("runs/two"), 10), &reference, 1e-5);
+
+    // Checkpointed at step 5 on two ranks, resumed on one: the accumulation takes up the
+    // missing rank, the data position carries over, and the end is the same.
+    let mut moved = pretrain_args(&plugin, "runs/moved", "5");
+    moved.extend(["--batch-size", "2", "--nproc-per-node", "2"]);
+    dir.ehrprep(&moved).ok();
+    dir.ehrprep(&[
+        "pretrain",
+        "--resume",
+        "runs/moved",
+        "--steps",
+        "10",
+        "--plugin",
+        &plugin,
+        "--quiet",
+    ])
+    .ok();
+    assert_weights_close(&weights(&dir.join("runs/moved"), 10), &reference, 1e-5);
+
+    // The catalog knows how each was trained.
+    let db = catalog(&dir.join("out"));
+    let runs = rows(
+        &db,
+        "SELECT regexp_extract(out, '[a-z]+$'), world_size, batch_per_rank, global_batch,
+                steps_done, status
+         FROM train_runs ORDER BY 1",
+    );
+    assert_eq!(
+        runs,
+        [
+            ["moved", "1", "2", "4", "10", "finished"],
+            ["one", "1", "4", "4", "10", "finished"],
+            ["solo", "1", "4", "4", "10", "finished"],
+            ["two", "2", "2", "4", "10", "finished"],
+        ]
+    );
+}
+
+/// A rank started by hand, as torchrun starts it.
+fn rank(dir: &Dir, args: &[&str], rank: usize, port: u16) -> std::process::Child {
+    Command::new(ehrprep_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits at most `limit` for `child`; kills it and fails the test if it does not end.
+fn wait_at_most(child: std::process::Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the rank did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_rank_that_dies_stops_the_other_with_an_error_and_the_run_is_marked_failed() {
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    let mut args = pretrain_args(&plugin, "runs/broken", "100000");
+    args.extend(["--batch-size", "2", "--dist-timeout", "30"]);
+    let port = free_port();
+    let lead = rank(&dir, &args, 0, port);
+    let mut other = rank(&dir, &args, 1, port);
+    // run.json appears once both ranks have joined; then rank 1 dies mid-training.
+    let started = Instant::now();
+    while !dir.join("runs/broken/run.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no run started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    other.kill().unwrap();
+    other.wait().unwrap();
+
+    let out = wait_at_most(lead, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("rank 0 of 2:"), "{stderr}");
+    assert!(stderr.contains("another rank stopped"), "{stderr}");
+    let db = catalog(&dir.join("out"));
+    assert_eq!(
+        rows(&db, "SELECT status, world_size FROM train_runs"),
+        [["failed", "2"]]
+    );
+}
+
+#[test]
+fn a_rank_alone_gives_up_at_the_rendezvous_after_its_timeout() {
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    let mut args = pretrain_args(&plugin, "runs/alone", "10");
+    args.extend(["--dist-timeout", "2"]);
+    let port = free_port();
+    let out = wait_at_most(rank(&dir, &args, 0, port), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "rank 0: joining the process group at 127.0.0.1:{port} failed"
+        )),
+        "{stderr}"
+    );
+    // Nothing was written for a run that never started training.
+    assert!(!dir.join("runs/alone/run.json").exists());
+}
+
+#[test]
+fn ctrl_c_on_any_rank_stops_all_at_one_step_with_rank_0s_checkpoint() {
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    let mut args = pretrain_args(&plugin, "runs/stopped", "100000");
+    args.extend(["--batch-size", "2"]);
+    let port = free_port();
+    let lead = rank(&dir, &args, 0, port);
+    let other = rank(&dir, &args, 1, port);
+    let started = Instant::now();
+    while !dir.join("runs/stopped/run.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no run started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // Only rank 1 is interrupted, as when one node's job is signalled.
+    let status = Command::new("kill")
+        .args(["-INT", &other.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let other = wait_at_most(other, Duration::from_secs(60));
+    let lead = wait_at_most(lead, Duration::from_secs(60));
+    for out in [&other, &lead] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&lead.stdout);
+    assert!(stdout.contains("cancelled at step"), "{stdout}");
+    let db = catalog(&dir.join("out"));
+    let run = rows(&db, "SELECT status, steps_done FROM train_runs");
+    assert_eq!(run[0][0], "cancelled");
+    assert_ne!(run[0][1], "0", "no step ran before Ctrl-C");
+    assert_eq!(
+        rows(&db, "SELECT step FROM checkpoints"),
+        [[run[0][1].clone()]],
+        "rank 0's checkpoint at the step all stopped at"
+    );
+}
