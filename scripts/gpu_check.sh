@@ -20,7 +20,10 @@
 # 6. a run stopped and resumed on the device against one run straight through (same losses
 #    and weights?), and its checkpoint finetuned on the CPU;
 # 7. the corpus build benchmark (scripts/bench_build.py, which needs pandas) on the host's
-#    CPU cores, beside its single-threaded reference.
+#    CPU cores, beside its single-threaded reference;
+# 8. data-parallel pretraining on the device: `--nproc-per-node 1` (a process group of one,
+#    the same collectives as many) against section 6's straight run, and, where the host
+#    has two GPUs or more, two ranks of half the batch against it too.
 #
 # DEVICE (default cuda) and SMALL=1 (tiny shapes) exist to try the script on a CPU first;
 # ONLY="1 6" runs only those sections (section 6 makes a small build when 4 did not run).
@@ -150,6 +153,27 @@ if want 7; then
 section "7. corpus build, ${build_notes[*]} notes, $(nproc) cores"
 timeout 420 python3 scripts/bench_build.py --bin "$ehrprep" --notes "${build_notes[@]}" \
     --workdir "$work/bench-build" || echo "section 7 failed: $?"
+fi
+
+if want 8; then
+section "8. data-parallel pretraining on $device"
+if [ ! -d "$work/straight" ]; then
+    echo "section 8 compares with section 6's straight run; run ONLY=\"6 8\""
+else
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+    run --steps 40 --out "$work/group1" --nproc-per-node 1
+    if [ "$gpus" -ge 2 ]; then
+        timeout 120 "$ehrprep" pretrain --build "$work/smoke/build" --model tiny --batch-size 2 \
+            --warmup 10 --lr 0.01 --device "$device" --seed 9 --save-every 20 \
+            --eval-every 1000 --quiet --steps 40 --out "$work/group2" --nproc-per-node 2 \
+            >/dev/null || echo "two ranks failed: $?"
+    fi
+    sql "SELECT regexp_extract(out, '[a-z0-9]+$') AS run, world_size, global_batch, step, loss,
+                grad_norm, round(tokens_per_s) AS tokens_per_s
+         FROM train_steps JOIN train_runs USING (run_id)
+         WHERE step IN (1, 20, 40) AND regexp_matches(out, '(straight|group1|group2)$')
+         ORDER BY step, run"
+fi
 fi
 
 cp "$db" "$logs/smoke-catalog.duckdb" 2>/dev/null || true
