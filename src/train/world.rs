@@ -87,6 +87,11 @@ pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Opt
         interface: var("GLOO_SOCKET_IFNAME")
             .filter(|i| !i.is_empty())
             .map(|i| i.split(',').next().unwrap_or_default().to_string()),
+        // torch.distributed's own rule: the agent's store, per restart attempt.
+        agent_store: (var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True")).then(|| {
+            let attempt = var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|| "0".into());
+            format!("/worker/attempt_{}", attempt.trim())
+        }),
         timeout_s,
     }))
 }
@@ -220,6 +225,18 @@ mod tests {
         );
         assert_eq!(w.interface.as_deref(), Some("eth1"));
         assert_eq!(w.timeout_s, 60);
+        assert_eq!(w.agent_store, None);
+        // Under torchrun the agent serves the store.
+        let w = world(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(w.agent_store.as_deref(), Some("/worker/attempt_2"));
     }
 
     #[test]

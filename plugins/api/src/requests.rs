@@ -115,6 +115,10 @@ pub struct World {
     /// master is local, else the address this machine's hostname resolves to.
     #[serde(default)]
     pub interface: Option<String>,
+    /// Under torchrun, its agent serves the store at MASTER_ADDR:MASTER_PORT and the ranks
+    /// are its clients under this key prefix (`/worker/attempt_N`); none: rank 0 serves it.
+    #[serde(default)]
+    pub agent_store: Option<String>,
     /// How long a collective or the rendezvous may wait for a rank before failing.
     #[serde(default = "default_world_timeout")]
     pub timeout_s: u64,

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -55,8 +56,10 @@ bool loopback(const std::string& host) {
 
 extern "C" {
 
-// Joins the group: rank 0 serves the TCPStore at host:port, every rank connects to it,
-// then the Gloo process group connects all ranks. Gloo binds to `interface` when given
+// Joins the group: rank 0 serves the TCPStore at host:port (unless a launcher's agent
+// already does: `prefix` is then non-empty and every rank is a client under that key
+// prefix, as torch.distributed does under torchrun), every rank connects to it, then the
+// Gloo process group connects all ranks. Gloo binds to `interface` when given
 // (GLOO_SOCKET_IFNAME), to loopback when the master is local, else to the address this
 // machine's hostname resolves to. Returns null and sets `err` on failure.
 ehr_dist* ehr_dist_new(
@@ -65,18 +68,26 @@ ehr_dist* ehr_dist_new(
     int rank,
     int world,
     const char* interface,
+    const char* prefix,
     int64_t timeout_ms,
     char** err) {
   ehr_dist* out = nullptr;
   guarded(err, [&] {
     std::chrono::milliseconds timeout(timeout_ms);
+    bool agent = prefix != nullptr && prefix[0] != '\0';
     c10d::TCPStoreOptions options;
     options.port = port;
-    options.isServer = rank == 0;
-    options.numWorkers = static_cast<size_t>(world);
-    options.waitWorkers = true;
+    options.isServer = rank == 0 && !agent;
+    if (!agent) {
+      options.numWorkers = static_cast<size_t>(world);
+    }
+    options.waitWorkers = !agent;
     options.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
+    if (agent) {
+      store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
+    }
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
     if (interface != nullptr && interface[0] != '\0') {
       gloo->devices.push_back(

@@ -35,9 +35,11 @@ impl Group {
             .map_err(|_| bad("MASTER_ADDR holds a NUL byte"))?;
         let interface = CString::new(world.interface.clone().unwrap_or_default())
             .map_err(|_| bad("GLOO_SOCKET_IFNAME holds a NUL byte"))?;
+        let prefix = CString::new(world.agent_store.clone().unwrap_or_default())
+            .map_err(|_| bad("the store prefix holds a NUL byte"))?;
         let timeout_ms = (world.timeout_s.max(1) as i64).saturating_mul(1000);
         let mut err = std::ptr::null_mut();
-        // SAFETY: both strings outlive the call, `err` is a valid out-pointer, and the
+        // SAFETY: the strings outlive the call, `err` is a valid out-pointer, and the
         // shim catches every C++ exception.
         #[allow(unsafe_code)]
         let raw = unsafe {
@@ -47,6 +49,7 @@ impl Group {
                 world.rank as i32,
                 world.size as i32,
                 interface.as_ptr(),
+                prefix.as_ptr(),
                 timeout_ms,
                 &mut err,
             )
@@ -215,6 +218,7 @@ mod ffi {
             rank: i32,
             world: i32,
             interface: *const c_char,
+            prefix: *const c_char,
             timeout_ms: i64,
             err: *mut *mut c_char,
         ) -> *mut Dist;

@@ -292,3 +292,45 @@ fn ctrl_c_on_any_rank_stops_all_at_one_step_with_rank_0s_checkpoint() {
         "rank 0's checkpoint at the step all stopped at"
     );
 }
+
+#[test]
+fn torchrun_starts_the_ranks_as_users_do() {
+    if std::env::var("EHRPREP_SKIP_PYTHON").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: EHRPREP_SKIP_PYTHON=1");
+        return;
+    }
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    let mut two = pretrain_args(&plugin, "runs/torchrun", "5");
+    two.extend(["--batch-size", "2"]);
+    let bin = ehrprep_bin();
+    // torchrun's agent serves the rendezvous store itself; the ranks join it as clients.
+    let out = Command::new(python_path())
+        .args([
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+        ])
+        .arg(&bin)
+        .args(&two)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("failed to bind"), "{stderr}");
+    let mut one = pretrain_args(&plugin, "runs/one", "5");
+    one.extend(["--batch-size", "4"]);
+    dir.ehrprep(&one).ok();
+    let (a, b) = (losses(&dir, "runs/torchrun"), losses(&dir, "runs/one"));
+    assert_eq!(a.len(), 5);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-5 * y.abs(),
+            "{x} under torchrun, {y} alone"
+        );
+    }
+}
