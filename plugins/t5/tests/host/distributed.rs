@@ -312,8 +312,10 @@ fn torchrun_starts_the_ranks_as_users_do() {
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            "--no-python",
+            "--master-port",
         ])
+        .arg(free_port().to_string())
+        .arg("--no-python")
         .arg(&bin)
         .args(&two)
         .current_dir(dir.path())
