@@ -98,7 +98,8 @@ pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Opt
 
 /// Runs `args` (this program's own arguments, `--nproc-per-node` removed) as `nproc`
 /// local ranks, as `torchrun --standalone --nproc-per-node N` would: each with RANK,
-/// LOCAL_RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT. Returns when all
+/// LOCAL_RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT and a share of the
+/// cores as OMP_NUM_THREADS. Returns when all
 /// have ended; when one fails, the others get [`GRACE`] to stop by themselves and are then
 /// killed, and the error names the rank that failed first.
 pub fn launch(program: &std::path::Path, args: &[OsString], nproc: usize) -> Result<()> {
@@ -111,6 +112,11 @@ pub fn launch(program: &std::path::Path, args: &[OsString], nproc: usize) -> Res
         ));
     }
     let port = free_port()?;
+    // As torchrun does, ranks share the cores rather than each taking all of them (libtorch
+    // reads OMP_NUM_THREADS; --threads still wins).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads =
+        std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / nproc).max(1).to_string());
     let mut children = Vec::with_capacity(nproc);
     for rank in 0..nproc {
         let mut command = Command::new(program);
@@ -121,7 +127,8 @@ pub fn launch(program: &std::path::Path, args: &[OsString], nproc: usize) -> Res
             .env("WORLD_SIZE", nproc.to_string())
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string());
+            .env("MASTER_PORT", port.to_string())
+            .env("OMP_NUM_THREADS", &threads);
         match command.spawn() {
             Ok(child) => children.push(Some(child)),
             Err(e) => {

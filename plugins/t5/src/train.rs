@@ -121,10 +121,12 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             )));
         }
     }
-    // A rank takes the CUDA device of its local rank, as torchrun expects.
+    // A rank takes the CUDA device of its local rank, as torchrun expects; where the
+    // launcher shows each rank only its own GPU (SLURM's --gpus-per-task 1), that is 0.
     let device = match &req.world {
         Some(w) if matches!(req.device.as_str(), "auto" | "cuda") && tch::Cuda::is_available() => {
-            device_for(&format!("cuda:{}", w.local_rank))?
+            let visible = tch::Cuda::device_count().max(1) as usize;
+            device_for(&format!("cuda:{}", w.local_rank % visible))?
         }
         _ => device_for(&req.device)?,
     };
