@@ -22,8 +22,9 @@
 # 7. the corpus build benchmark (scripts/bench_build.py, which needs pandas) on the host's
 #    CPU cores, beside its single-threaded reference;
 # 8. data-parallel pretraining on the device: `--nproc-per-node 1` (a process group of one,
-#    the same collectives as many) against section 6's straight run, and, where the host
-#    has two GPUs or more, two ranks of half the batch against it too.
+#    the same collectives as many) with NCCL (auto on CUDA) and with Gloo, against section
+#    6's straight run, and, where the host has two GPUs or more, two NCCL ranks of half the
+#    batch against it too.
 #
 # DEVICE (default cuda) and SMALL=1 (tiny shapes) exist to try the script on a CPU first;
 # ONLY="1 6" runs only those sections (section 6 makes a small build when 4 did not run).
@@ -162,6 +163,7 @@ if [ ! -d "$work/straight" ]; then
 else
     gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
     run --steps 40 --out "$work/group1" --nproc-per-node 1
+    run --steps 40 --out "$work/group1gloo" --nproc-per-node 1 --dist-backend gloo
     if [ "$gpus" -ge 2 ]; then
         timeout 120 "$ehrprep" pretrain --build "$work/smoke/build" --model tiny --batch-size 2 \
             --warmup 10 --lr 0.01 --device "$device" --seed 9 --save-every 20 \
@@ -171,7 +173,7 @@ else
     sql "SELECT regexp_extract(out, '[a-z0-9]+$') AS run, world_size, global_batch, step, loss,
                 grad_norm, round(tokens_per_s) AS tokens_per_s
          FROM train_steps JOIN train_runs USING (run_id)
-         WHERE step IN (1, 20, 40) AND regexp_matches(out, '(straight|group1|group2)$')
+         WHERE step IN (1, 20, 40) AND regexp_matches(out, '(straight|group1|group1gloo|group2)$')
          ORDER BY step, run"
 fi
 fi

@@ -26,6 +26,7 @@ ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS dropout DOUBLE;
 ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS world_size BIGINT;
 ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS batch_per_rank BIGINT;
 ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS global_batch BIGINT;
+ALTER TABLE train_runs ADD COLUMN IF NOT EXISTS dist_backend VARCHAR; -- nccl | gloo | NULL: one process
 CREATE TABLE IF NOT EXISTS train_steps (
     run_id          VARCHAR NOT NULL,
     step            BIGINT NOT NULL,
@@ -72,7 +73,8 @@ UPDATE train_runs SET status = 'running', finished_at = NULL, config = ?, out = 
 DELETE FROM train_steps WHERE run_id = ? AND step > ?;
 
 -- name: started
-UPDATE train_runs SET device = ?, parameters = ?, model_config = ?, dropout = ? WHERE run_id = ?;
+UPDATE train_runs SET device = ?, parameters = ?, model_config = ?, dropout = ?, dist_backend = ?
+WHERE run_id = ?;
 
 -- name: insert_step
 INSERT INTO train_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL);

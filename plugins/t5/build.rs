@@ -20,7 +20,30 @@ fn main() {
         .map(|p| p.join("include"))
         .expect("libtorch's lib folder has a parent");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // NCCL: a CUDA libtorch, and the CUDA and NCCL headers the pip packages put beside
+    // torch (site-packages/nvidia/...; the runtime's crt/ and CCCL's nv/ come from
+    // scripts/requirements-test.txt). Without them the plugin has Gloo only.
+    let nvidia = include.join("../../nvidia");
+    let cuda_include = nvidia.join("cu13/include");
+    let nccl_include = nvidia.join("nccl/include");
+    let nccl = Path::new(&lib).join("libtorch_cuda.so").exists()
+        && cuda_include.join("crt/host_config.h").exists()
+        && cuda_include.join("nv/target").exists()
+        && nccl_include.join("nccl.h").exists();
+    if nccl {
+        build
+            .include(&cuda_include)
+            .include(&nccl_include)
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None)
+            .define("EHR_WITH_NCCL", None);
+    } else {
+        println!(
+            "cargo:warning=the T5 plugin is built without NCCL (no CUDA libtorch or CUDA/NCCL headers beside it); data-parallel runs use Gloo"
+        );
+    }
+    build
         .cpp(true)
         .file("csrc/dist.cpp")
         .include("csrc/gloo-decls")

@@ -322,6 +322,10 @@ pub(crate) struct PretrainArgs {
     /// it out: the ranks come from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT.
     #[arg(long, value_name = "N")]
     pub(crate) nproc_per_node: Option<usize>,
+    /// The collectives' backend for data-parallel runs: auto (NCCL on CUDA where the plugin
+    /// has it, else Gloo), nccl or gloo.
+    #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = ["auto", "nccl", "gloo"])]
+    pub(crate) dist_backend: String,
     /// Seconds a rank waits for the others (joining, each collective) before failing.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub(crate) dist_timeout: u64,

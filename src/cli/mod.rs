@@ -24,7 +24,7 @@ use crate::synth::SynthConfig;
 use crate::train::finetune::FinetuneConfig;
 use crate::train::pretrain::PretrainConfig;
 use args::*;
-use ehrprep_plugin_api::requests::PretrainRequest;
+use ehrprep_plugin_api::requests::{PretrainRequest, World};
 use reporter::BarReporter;
 
 /// Parses arguments, runs the command, prints any error, and returns the exit code.
@@ -120,7 +120,10 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         crate::train::world::launch(&program, &without_nproc(std::env::args_os()), nproc)?;
         return Ok(());
     }
-    let world = crate::train::world::from_env(args.dist_timeout)?;
+    let world = crate::train::world::from_env(args.dist_timeout)?.map(|w| World {
+        backend: (args.dist_backend != "auto").then(|| args.dist_backend.clone()),
+        ..w
+    });
     let lead = world.as_ref().is_none_or(|w| w.rank == 0);
     let plugin = find_plugin("pretrain", args.plugin.as_deref())?;
     let cancel = cancel_on_ctrl_c();

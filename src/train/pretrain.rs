@@ -339,6 +339,7 @@ impl Sink<'_> {
                 parameters,
                 model_config,
                 dropout,
+                backend,
             } => {
                 conn.execute(
                     TRAIN.get("forget_steps_after"),
@@ -347,7 +348,14 @@ impl Sink<'_> {
                 .map_err(Error::catalog("forgetting replayed steps"))?;
                 conn.execute(
                     TRAIN.get("started"),
-                    params![device, parameters, model_config.to_string(), dropout, id],
+                    params![
+                        device,
+                        parameters,
+                        model_config.to_string(),
+                        dropout,
+                        backend,
+                        id
+                    ],
                 )
                 .map_err(Error::catalog("recording the device"))?;
                 self.reporter.start("pretrain", steps, "steps");

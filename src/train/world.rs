@@ -92,6 +92,7 @@ pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Opt
             let attempt = var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|| "0".into());
             format!("/worker/attempt_{}", attempt.trim())
         }),
+        backend: None,
         timeout_s,
     }))
 }

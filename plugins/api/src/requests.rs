@@ -119,6 +119,9 @@ pub struct World {
     /// are its clients under this key prefix (`/worker/attempt_N`); none: rank 0 serves it.
     #[serde(default)]
     pub agent_store: Option<String>,
+    /// `nccl`, `gloo` or none (auto: NCCL for CUDA where the plugin has it, else Gloo).
+    #[serde(default)]
+    pub backend: Option<String>,
     /// How long a collective or the rendezvous may wait for a rank before failing.
     #[serde(default = "default_world_timeout")]
     pub timeout_s: u64,
@@ -251,6 +254,9 @@ pub enum TrainEvent {
         /// The dropout it trains with, where the plugin says.
         #[serde(default)]
         dropout: Option<f64>,
+        /// The collectives' backend of a data-parallel run (`nccl`, `gloo`).
+        #[serde(default)]
+        backend: Option<String>,
     },
     /// After every optimizer step.
     TrainStep {

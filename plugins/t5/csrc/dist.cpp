@@ -1,6 +1,8 @@
 // The plugin's door to torch.distributed: a C ABI over libtorch's own c10d (TCPStore for
-// the rendezvous, ProcessGroupGloo for the collectives), compiled against the headers of
-// the PyTorch wheel that tch links. Nothing here reduces anything by itself.
+// the rendezvous, ProcessGroupGloo or ProcessGroupNCCL for the collectives), compiled
+// against the headers of the PyTorch wheel that tch links. Nothing here reduces anything by
+// itself. NCCL is compiled in when build.rs finds libtorch_cuda and the CUDA and NCCL
+// headers (EHR_WITH_NCCL).
 //
 // Every function catches what c10d throws and hands the message back through `err`
 // (free it with ehr_dist_free_error); none lets an exception cross into Rust.
@@ -9,12 +11,16 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef EHR_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 struct ehr_dist {
   c10::intrusive_ptr<c10d::Store> store;
@@ -59,10 +65,12 @@ extern "C" {
 // Joins the group: rank 0 serves the TCPStore at host:port (unless a launcher's agent
 // already does: `prefix` is then non-empty and every rank is a client under that key
 // prefix, as torch.distributed does under torchrun), every rank connects to it, then the
-// Gloo process group connects all ranks. Gloo binds to `interface` when given
-// (GLOO_SOCKET_IFNAME), to loopback when the master is local, else to the address this
-// machine's hostname resolves to. Returns null and sets `err` on failure.
+// process group connects all ranks: `backend` "nccl" (CUDA tensors only) or "gloo". Gloo
+// binds to `interface` when given (GLOO_SOCKET_IFNAME), to loopback when the master is
+// local, else to the address this machine's hostname resolves to. Returns null and sets
+// `err` on failure.
 ehr_dist* ehr_dist_new(
+    const char* backend,
     const char* host,
     uint16_t port,
     int rank,
@@ -87,6 +95,23 @@ ehr_dist* ehr_dist_new(
         c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
     if (agent) {
       store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
+    }
+    if (std::strcmp(backend, "nccl") == 0) {
+#ifdef EHR_WITH_NCCL
+      auto nccl = c10d::ProcessGroupNCCL::Options::create();
+      nccl->timeout = timeout;
+      c10::intrusive_ptr<c10d::Backend> pg =
+          c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nccl);
+      out = new ehr_dist{store, pg, timeout};
+      return;
+#else
+      throw std::runtime_error(
+          "this build of the plugin has no NCCL (it was compiled without libtorch_cuda "
+          "or the CUDA headers); use the gloo backend");
+#endif
+    }
+    if (std::strcmp(backend, "gloo") != 0) {
+      throw std::runtime_error(std::string("unknown backend `") + backend + "`");
     }
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
     if (interface != nullptr && interface[0] != '\0') {
@@ -142,6 +167,15 @@ void ehr_dist_free(ehr_dist* d) {
 
 void ehr_dist_free_error(char* err) {
   std::free(err);
+}
+
+// Whether NCCL was compiled in.
+int ehr_dist_has_nccl() {
+#ifdef EHR_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 } // extern "C"

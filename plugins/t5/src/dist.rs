@@ -1,13 +1,13 @@
 //! Data-parallel training on PyTorch's own distributed runtime: a process group from
-//! libtorch's c10d (a TCPStore rendezvous, Gloo collectives), reached through the C shim in
-//! `csrc/dist.cpp`, compiled against the wheel tch links. No collective is written here;
-//! this module only bundles gradients into few, large all-reduces.
+//! libtorch's c10d (a TCPStore rendezvous, NCCL or Gloo collectives), reached through the C
+//! shim in `csrc/dist.cpp`, compiled against the wheel tch links. No collective is written
+//! here; this module only bundles gradients into few, large all-reduces.
 
 use std::ffi::{CStr, CString, c_char};
 
 use ehrprep_plugin_api::CallError;
 use ehrprep_plugin_api::requests::World;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Gradients are summed in buckets of about this many bytes: one all-reduce per bucket
 /// instead of one per parameter (a T5 has ~130 of them), as DDP's default 25 MiB does.
@@ -18,12 +18,42 @@ pub struct Group {
     raw: *mut ffi::Dist,
     pub rank: usize,
     pub size: usize,
+    /// `nccl` or `gloo`.
+    pub backend: &'static str,
+    /// Where the small sums live: NCCL reduces only CUDA tensors.
+    scalars: Device,
+}
+
+/// Whether the plugin was built with NCCL.
+pub fn has_nccl() -> bool {
+    // SAFETY: reads a constant.
+    #[allow(unsafe_code)]
+    unsafe {
+        ffi::ehr_dist_has_nccl() != 0
+    }
+}
+
+/// The backend `world` asks for, or the best one for `device`: NCCL on CUDA where built
+/// in, else Gloo.
+pub fn backend_for(world: &World, device: Device) -> Result<&'static str, CallError> {
+    match world.backend.as_deref() {
+        None | Some("auto") if device.is_cuda() && has_nccl() => Ok("nccl"),
+        None | Some("auto") | Some("gloo") => Ok("gloo"),
+        Some("nccl") if !device.is_cuda() => Err(CallError::Failed(
+            "the nccl backend reduces CUDA tensors only; train on cuda or use gloo".into(),
+        )),
+        Some("nccl") => Ok("nccl"),
+        Some(other) => Err(CallError::Failed(format!(
+            "unknown distributed backend `{other}` (auto, nccl, gloo)"
+        ))),
+    }
 }
 
 impl Group {
-    /// Joins the group `world` describes; returns when every rank has joined (or fails
-    /// after `world.timeout_s`).
-    pub fn join(world: &World) -> Result<Group, CallError> {
+    /// Joins the group `world` describes, for training on `device`; returns when every
+    /// rank has joined (or fails after `world.timeout_s`).
+    pub fn join(world: &World, device: Device) -> Result<Group, CallError> {
+        let backend = backend_for(world, device)?;
         if world.size == 0 || world.rank >= world.size {
             return Err(CallError::Failed(format!(
                 "rank {} is not in a world of {}",
@@ -38,12 +68,14 @@ impl Group {
         let prefix = CString::new(world.agent_store.clone().unwrap_or_default())
             .map_err(|_| bad("the store prefix holds a NUL byte"))?;
         let timeout_ms = (world.timeout_s.max(1) as i64).saturating_mul(1000);
+        let backend_c = CString::new(backend).expect("no NUL in a backend name");
         let mut err = std::ptr::null_mut();
         // SAFETY: the strings outlive the call, `err` is a valid out-pointer, and the
         // shim catches every C++ exception.
         #[allow(unsafe_code)]
         let raw = unsafe {
             ffi::ehr_dist_new(
+                backend_c.as_ptr(),
                 host.as_ptr(),
                 world.master_port,
                 world.rank as i32,
@@ -56,7 +88,7 @@ impl Group {
         };
         if raw.is_null() {
             return Err(bad(&format!(
-                "joining the process group at {}:{} failed: {}",
+                "joining the {backend} process group at {}:{} failed: {}",
                 world.master_addr,
                 world.master_port,
                 take_error(err)
@@ -66,6 +98,12 @@ impl Group {
             raw,
             rank: world.rank,
             size: world.size,
+            backend,
+            scalars: if backend == "nccl" {
+                device
+            } else {
+                Device::Cpu
+            },
         })
     }
 
@@ -165,8 +203,11 @@ impl Group {
 
     /// The sums over all ranks of a few numbers (losses, token counts, stop flags), in f64.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, CallError> {
-        let mut t = Tensor::from_slice(values).to_kind(Kind::Double);
+        let mut t = Tensor::from_slice(values)
+            .to_kind(Kind::Double)
+            .to_device(self.scalars);
         self.all_reduce_sum(&mut t)?;
+        let t = t.to_device(Device::Cpu);
         Ok(Vec::<f64>::try_from(&t).expect("a 1-d f64 tensor converts"))
     }
 }
@@ -213,6 +254,7 @@ mod ffi {
     #[allow(unsafe_code)]
     unsafe extern "C" {
         pub fn ehr_dist_new(
+            backend: *const c_char,
             host: *const c_char,
             port: u16,
             rank: i32,
@@ -233,5 +275,6 @@ mod ffi {
         pub fn ehr_dist_barrier(d: *mut Dist, err: *mut *mut c_char) -> i32;
         pub fn ehr_dist_free(d: *mut Dist);
         pub fn ehr_dist_free_error(err: *mut c_char);
+        pub fn ehr_dist_has_nccl() -> i32;
     }
 }

@@ -163,7 +163,11 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     };
     // Every rank has checked the run folder before rank 0 can write to it: joining waits
     // for all of them.
-    let group = req.world.as_ref().map(Group::join).transpose()?;
+    let group = req
+        .world
+        .as_ref()
+        .map(|w| Group::join(w, device))
+        .transpose()?;
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.size));
     let lead = rank == 0;
     let mut config = match (&resume_from, &req.init) {
@@ -337,6 +341,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         parameters,
         model_config: serde_json::to_value(&config).expect("the config serializes"),
         dropout: Some(config.dropout_rate),
+        backend: group.as_ref().map(|g| g.backend.to_string()),
     });
 
     let mut train = Examples::new(&train_rows, &manifest, req.seed, true);

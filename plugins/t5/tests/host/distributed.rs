@@ -138,16 +138,16 @@ fn two_ranks_train_as_one_process_with_twice_the_batch_and_resume_on_one() {
     let runs = rows(
         &db,
         "SELECT regexp_extract(out, '[a-z]+$'), world_size, batch_per_rank, global_batch,
-                steps_done, status
+                coalesce(dist_backend, '-'), steps_done, status
          FROM train_runs ORDER BY 1",
     );
     assert_eq!(
         runs,
         [
-            ["moved", "1", "2", "4", "10", "finished"],
-            ["one", "1", "4", "4", "10", "finished"],
-            ["solo", "1", "4", "4", "10", "finished"],
-            ["two", "2", "2", "4", "10", "finished"],
+            ["moved", "1", "2", "4", "-", "10", "finished"],
+            ["one", "1", "4", "4", "-", "10", "finished"],
+            ["solo", "1", "4", "4", "gloo", "10", "finished"],
+            ["two", "2", "2", "4", "gloo", "10", "finished"],
         ]
     );
 }
@@ -238,7 +238,7 @@ fn a_rank_alone_gives_up_at_the_rendezvous_after_its_timeout() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "rank 0: joining the process group at 127.0.0.1:{port} failed"
+            "rank 0: joining the gloo process group at 127.0.0.1:{port} failed"
         )),
         "{stderr}"
     );
@@ -335,4 +335,19 @@ fn torchrun_starts_the_ranks_as_users_do() {
             "{x} under torchrun, {y} alone"
         );
     }
+}
+
+#[test]
+fn nccl_on_the_cpu_is_refused_by_name() {
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    let mut args = pretrain_args(&plugin, "runs/nccl", "2");
+    args.extend(["--nproc-per-node", "1", "--dist-backend", "nccl"]);
+    let stderr = dir.ehrprep(&args).fails();
+    assert!(
+        stderr.contains("the nccl backend reduces CUDA tensors only"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rank 0 of 1 failed"), "{stderr}");
 }
