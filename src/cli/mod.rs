@@ -10,7 +10,7 @@ mod reporter;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
@@ -113,11 +113,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
     if let Some(nproc) = args.nproc_per_node {
-        // The ranks get Ctrl-C from the terminal themselves and stop together; the
-        // launcher only waits for them.
-        let _ = ctrlc::set_handler(|| {});
+        // Ctrl-C reaches the ranks through the launcher, once each time.
+        let interrupts: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let _ = ctrlc::set_handler(move || {
+            interrupts.fetch_add(1, Ordering::SeqCst);
+        });
         let program = std::env::current_exe()?;
-        crate::train::world::launch(&program, &without_nproc(std::env::args_os()), nproc)?;
+        let args = without_nproc(std::env::args_os());
+        crate::train::world::launch(&program, &args, nproc, interrupts)?;
         return Ok(());
     }
     let world = crate::train::world::from_env(args.dist_timeout)?.map(|w| World {

@@ -6,7 +6,9 @@
 
 use std::ffi::OsString;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ehrprep_plugin_api::requests::World;
@@ -103,7 +105,16 @@ pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Opt
 /// cores as OMP_NUM_THREADS. Returns when all
 /// have ended; when one fails, the others get [`GRACE`] to stop by themselves and are then
 /// killed, and the error names the rank that failed first.
-pub fn launch(program: &std::path::Path, args: &[OsString], nproc: usize) -> Result<()> {
+///
+/// The ranks run in a process group of their own, so a Ctrl-C at the terminal reaches them
+/// once, through the launcher: each count added to `interrupts` is forwarded to every rank
+/// as one SIGINT (the first stops them at the next step, with a checkpoint).
+pub fn launch(
+    program: &std::path::Path,
+    args: &[OsString],
+    nproc: usize,
+    interrupts: &AtomicUsize,
+) -> Result<()> {
     if nproc == 0 {
         return Err(Error::Invalid("--nproc-per-node must be at least 1".into()));
     }
@@ -129,7 +140,8 @@ pub fn launch(program: &std::path::Path, args: &[OsString], nproc: usize) -> Res
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
-            .env("OMP_NUM_THREADS", &threads);
+            .env("OMP_NUM_THREADS", &threads)
+            .process_group(0);
         match command.spawn() {
             Ok(child) => children.push(Some(child)),
             Err(e) => {
@@ -141,14 +153,30 @@ pub fn launch(program: &std::path::Path, args: &[OsString], nproc: usize) -> Res
             }
         }
     }
-    supervise(children, GRACE)
+    supervise(children, GRACE, interrupts)
 }
 
 /// Waits for every child; once one fails, the others get `grace` before they are killed.
-pub fn supervise(mut children: Vec<Option<Child>>, grace: Duration) -> Result<()> {
+/// Interrupts counted in `interrupts` are forwarded to the children still running.
+pub fn supervise(
+    mut children: Vec<Option<Child>>,
+    grace: Duration,
+    interrupts: &AtomicUsize,
+) -> Result<()> {
     let mut failed: Option<(usize, ExitStatus)> = None;
     let mut failed_at = None;
+    let mut forwarded = 0;
     loop {
+        let seen = interrupts.load(Ordering::SeqCst);
+        if seen > forwarded {
+            forwarded = seen;
+            for child in children.iter().flatten() {
+                // `kill`, not libc: the host crate keeps its unsafe code to a few places.
+                let _ = Command::new("kill")
+                    .args(["-INT", &child.id().to_string()])
+                    .status();
+            }
+        }
         for (rank, slot) in children.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
             if let Ok(Some(status)) = child.try_wait() {
@@ -322,13 +350,34 @@ mod tests {
         // Rank 1 fails at once; rank 0 would run for a minute and is killed after the grace.
         let grace = Duration::from_millis(300);
         let started = Instant::now();
-        let e = supervise(vec![spawn("exec sleep 60"), spawn("exit 3")], grace)
+        let none = AtomicUsize::new(0);
+        let e = supervise(vec![spawn("exec sleep 60"), spawn("exit 3")], grace, &none)
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("rank 1 of 2 failed"), "{e}");
         assert!(e.contains("exit status: 3"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(30));
         // All succeed: Ok.
-        supervise(vec![spawn("exit 0"), spawn("true")], grace).unwrap();
+        supervise(vec![spawn("exit 0"), spawn("true")], grace, &none).unwrap();
+    }
+
+    #[test]
+    fn interrupts_are_forwarded_to_the_ranks() {
+        // A rank that exits 7 on SIGINT and would otherwise run for a minute.
+        let rank = Command::new("sh")
+            .args(["-c", "trap 'exit 7' INT; sleep 60 & wait"])
+            .spawn()
+            .unwrap();
+        let interrupts = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                interrupts.fetch_add(1, Ordering::SeqCst);
+            });
+            let e = supervise(vec![Some(rank)], Duration::from_secs(1), &interrupts)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("exit status: 7"), "{e}");
+        });
     }
 }

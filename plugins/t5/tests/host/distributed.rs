@@ -351,3 +351,51 @@ fn nccl_on_the_cpu_is_refused_by_name() {
     );
     assert!(stderr.contains("rank 0 of 1 failed"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_at_the_launcher_reaches_every_rank_once() {
+    let dir = Dir::new();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    let mut args = pretrain_args(&plugin, "runs/launched", "100000");
+    args.extend(["--batch-size", "2", "--nproc-per-node", "2"]);
+    let launcher = Command::new(ehrprep_bin())
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !dir.join("runs/launched/run.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no run started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // The ranks are in their own process group: only the launcher is signalled here, as
+    // the terminal signals it, and it passes the interrupt on once.
+    let status = Command::new("kill")
+        .args(["-INT", &launcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait_at_most(launcher, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cancelled at step"), "{stdout}");
+    let db = catalog(&dir.join("out"));
+    let run = rows(&db, "SELECT status, steps_done FROM train_runs");
+    assert_eq!(run[0][0], "cancelled");
+    assert_eq!(
+        rows(&db, "SELECT step FROM checkpoints"),
+        [[run[0][1].clone()]],
+        "a checkpoint at the step both stopped at"
+    );
+}
