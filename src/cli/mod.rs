@@ -46,6 +46,12 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(
+        cli.command,
+        Command::Pretrain(_) | Command::Sql(_) | Command::Plugins(_)
+    ) {
+        one_process_only()?;
+    }
     match cli.command {
         Command::Build(args) => build(args),
         Command::Synth(args) => synth(args),
@@ -240,6 +246,21 @@ fn find_plugin(capability: &str, explicit: Option<&Path>) -> anyhow::Result<Plug
         plugin.prepare_environment()
     };
     Ok(plugin)
+}
+
+/// Only `pretrain` trains data-parallel. Under torchrun or srun every rank of any other
+/// command would write the same outputs, so it is refused before it starts.
+fn one_process_only() -> anyhow::Result<()> {
+    if let Some(world) = crate::train::world::from_env(0)?
+        && world.size > 1
+    {
+        anyhow::bail!(
+            "this command runs as one process, but the environment makes it rank {} of {}              (RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS): every rank would write the same              outputs; only `ehrprep pretrain` trains data-parallel",
+            world.rank,
+            world.size
+        );
+    }
+    Ok(())
 }
 
 /// This program's arguments, the subcommand's included, without `--nproc-per-node N`:

@@ -2,6 +2,8 @@
 //! the error format (one `error:` line, indented causes, exit code 2, no note text). Paths,
 //! build ids, hashes and times are filtered out; the rest is reviewed like code.
 
+use std::path::Path;
+
 use crate::util::*;
 
 fn settings(dir: &Dir) -> insta::Settings {
@@ -53,4 +55,23 @@ fn errors_print_once_with_their_causes_and_exit_2() {
         report.push_str(&format!("$ {}\n{stderr}\n", run.cmd));
     }
     settings(&dir).bind(|| insta::assert_snapshot!("cli_errors", report));
+}
+
+#[test]
+fn commands_other_than_pretrain_refuse_to_run_as_one_rank_of_many() {
+    let dir = Dir::new();
+    let rank = [
+        ("RANK", Path::new("1")),
+        ("WORLD_SIZE", Path::new("2")),
+        ("MASTER_ADDR", Path::new("127.0.0.1")),
+    ];
+    let run = dir.ehrprep_env(&["build", "--mimic-dir", "missing", "--out", "out"], &rank);
+    let stderr = run.fails();
+    assert!(stderr.contains("rank 1 of 2"), "{stderr}");
+    assert!(stderr.contains("only `ehrprep pretrain`"), "{stderr}");
+    // Nothing was started: no output folder.
+    assert!(!dir.join("out").exists());
+    // Reading the catalog is harmless anywhere.
+    let run = dir.ehrprep_env(&["plugins", "list"], &rank);
+    assert!(!run.stderr().contains("rank 1 of 2"));
 }
