@@ -281,7 +281,8 @@ fn without_nproc(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi
     out
 }
 
-/// First Ctrl-C: stop at the next step boundary with a checkpoint. Second: quit now.
+/// First Ctrl-C (or SIGTERM, SIGHUP: a scheduler's stop): stop at the next step boundary
+/// with a checkpoint. Second: quit now.
 fn cancel_on_ctrl_c() -> &'static AtomicBool {
     let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let _ = ctrlc::set_handler(move || {

@@ -247,7 +247,7 @@ fn a_rank_alone_gives_up_at_the_rendezvous_after_its_timeout() {
 }
 
 #[test]
-fn ctrl_c_on_any_rank_stops_all_at_one_step_with_rank_0s_checkpoint() {
+fn a_stop_signal_on_any_rank_stops_all_at_one_step_with_rank_0s_checkpoint() {
     let dir = Dir::new();
     dir.build_fixtures_for_training("out").ok();
     let plugin = t5_plugin();
@@ -265,9 +265,9 @@ fn ctrl_c_on_any_rank_stops_all_at_one_step_with_rank_0s_checkpoint() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    // Only rank 1 is interrupted, as when one node's job is signalled.
+    // Only rank 1 is told to stop, as a scheduler's SIGTERM to one node's task.
     let status = Command::new("kill")
-        .args(["-INT", &other.id().to_string()])
+        .args(["-TERM", &other.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
