@@ -41,6 +41,9 @@ pub(crate) enum Command {
     /// Finetune a pretrained checkpoint on MedNLI, RadQA or CLIP for each training fraction
     /// and seed, pick the best epoch on validation, score it on test; all in the catalog.
     Finetune(FinetuneArgs),
+    /// One rank of a data-parallel finetuning epoch (started by `finetune --nproc-per-node`).
+    #[command(hide = true)]
+    FinetuneRank(FinetuneRankArgs),
     /// Score a finetuned checkpoint (a finetuning run folder's best epoch, or a checkpoint
     /// folder) on a task's test or validation split, without training.
     Evaluate(EvaluateArgs),
@@ -248,10 +251,39 @@ pub(crate) struct FinetuneArgs {
     /// Where the runs go [default: CHECKPOINT_RUN/finetune].
     #[arg(long, value_name = "DIR")]
     pub(crate) out: Option<PathBuf>,
+    /// Train each epoch data-parallel on N local processes (on CUDA, one GPU each): a step's
+    /// micro-batches (--batch-size each) are dealt out to them, so the result is the same as
+    /// one process's; validation and test generation stay in this process.
+    #[arg(long, value_name = "N")]
+    pub(crate) nproc_per_node: Option<usize>,
+    /// Seconds a rank waits for the others before failing.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub(crate) dist_timeout: u64,
+    /// auto (NCCL on CUDA where the plugin has it, else Gloo), nccl or gloo.
+    #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = ["auto", "nccl", "gloo"])]
+    pub(crate) dist_backend: String,
     #[command(flatten)]
     pub(crate) run: ModelRunArgs,
     #[arg(long)]
     pub(crate) quiet: bool,
+}
+
+/// One rank of a data-parallel finetuning epoch, started by `ehrprep finetune
+/// --nproc-per-node`; not for users.
+#[derive(Debug, clap::Args)]
+pub(crate) struct FinetuneRankArgs {
+    /// The epoch's request (JSON).
+    #[arg(long)]
+    pub(crate) request: PathBuf,
+    /// Where rank 0 writes the plugin's answer.
+    #[arg(long)]
+    pub(crate) result: PathBuf,
+    #[arg(long)]
+    pub(crate) plugin: PathBuf,
+    #[arg(long, default_value_t = 600)]
+    pub(crate) dist_timeout: u64,
+    #[arg(long, default_value = "auto")]
+    pub(crate) dist_backend: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -19,12 +19,12 @@ use crate::build::{BuildConfig, run_build};
 use crate::corpus::overlap::OverlapConfig;
 use crate::pack::PackSettings;
 use crate::pack::tokenizer::TokenizerConfig;
-use crate::plugin::Plugin;
+use crate::plugin::{Outcome, Plugin};
 use crate::synth::SynthConfig;
 use crate::train::finetune::FinetuneConfig;
 use crate::train::pretrain::PretrainConfig;
 use args::*;
-use ehrprep_plugin_api::requests::{PretrainRequest, World};
+use ehrprep_plugin_api::requests::{FinetuneRequest, PretrainRequest, World};
 use reporter::BarReporter;
 
 /// Parses arguments, runs the command, prints any error, and returns the exit code.
@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(
         cli.command,
-        Command::Pretrain(_) | Command::Sql(_) | Command::Plugins(_)
+        Command::Pretrain(_) | Command::FinetuneRank(_) | Command::Sql(_) | Command::Plugins(_)
     ) {
         one_process_only()?;
     }
@@ -58,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql(args),
         Command::Pretrain(args) => pretrain(args),
         Command::Finetune(args) => finetune(args),
+        Command::FinetuneRank(args) => finetune_rank(args),
         Command::Evaluate(args) => {
             let (run, plugin) = args.run.resolve("generate")?;
             let config = crate::eval::evaluate::EvaluateConfig {
@@ -126,7 +127,8 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         });
         let program = std::env::current_exe()?;
         let args = without_nproc(std::env::args_os());
-        crate::train::world::launch(&program, &args, nproc, interrupts)?;
+        let count = || interrupts.load(Ordering::SeqCst);
+        crate::train::world::launch(&program, &args, nproc, &count)?;
         return Ok(());
     }
     let world = crate::train::world::from_env(args.dist_timeout)?.map(|w| World {
@@ -209,6 +211,14 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     config.lr = args.lr;
     config.out = args.out;
     config.run = run;
+    if let Some(count) = args.nproc_per_node {
+        config.ranks = Some(crate::train::finetune::Ranks {
+            program: std::env::current_exe()?,
+            count,
+            timeout_s: args.dist_timeout,
+            backend: args.dist_backend,
+        });
+    }
     let cancel = cancel_on_ctrl_c();
     let reporter = BarReporter::new(args.quiet);
     for run in crate::train::finetune::run(&config, &plugin, cancel, &reporter)? {
@@ -246,6 +256,32 @@ fn find_plugin(capability: &str, explicit: Option<&Path>) -> anyhow::Result<Plug
         plugin.prepare_environment()
     };
     Ok(plugin)
+}
+
+/// One rank of a data-parallel finetuning epoch: the request from the orchestrating
+/// `finetune`, this rank's place from the launcher's environment; rank 0 writes the answer.
+fn finetune_rank(args: FinetuneRankArgs) -> anyhow::Result<()> {
+    let world = crate::train::world::from_env(args.dist_timeout)?
+        .context("finetune-rank runs as a rank that `ehrprep finetune --nproc-per-node` starts")?;
+    let rank = world.rank;
+    let text = std::fs::read_to_string(&args.request)
+        .with_context(|| format!("reading `{}`", args.request.display()))?;
+    let mut request: FinetuneRequest = serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not a finetune request", args.request.display()))?;
+    request.world = Some(World {
+        backend: (args.dist_backend != "auto").then_some(args.dist_backend),
+        ..world
+    });
+    let plugin = find_plugin("finetune", Some(&args.plugin))?;
+    let cancel = cancel_on_ctrl_c();
+    let json = serde_json::to_string(&request)?;
+    let outcome = crate::train::pretrain::call_as_rank(&plugin, "finetune", &json, rank, cancel)?;
+    if let Outcome::Finished(answer) = outcome
+        && rank == 0
+    {
+        crate::fsutil::write_atomic(&args.result, answer.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Only `pretrain` trains data-parallel. Under torchrun or srun every rank of any other

@@ -42,6 +42,22 @@ pub struct FinetuneConfig {
     pub out: Option<PathBuf>,
     #[serde(flatten)]
     pub run: ModelRun,
+    /// Train each epoch on this many local ranks; none: in this process. The results do
+    /// not depend on it, so it is not part of the settings a resumed run must match.
+    #[serde(skip)]
+    pub ranks: Option<Ranks>,
+}
+
+/// Data-parallel epochs: `count` processes of `program finetune-rank`, started through
+/// [`super::world::launch`].
+#[derive(Debug, Clone)]
+pub struct Ranks {
+    /// The `ehrprep` binary.
+    pub program: PathBuf,
+    pub count: usize,
+    pub timeout_s: u64,
+    /// `auto`, `nccl` or `gloo`.
+    pub backend: String,
 }
 
 impl FinetuneConfig {
@@ -58,6 +74,7 @@ impl FinetuneConfig {
             lr: ehrprep_plugin_api::requests::default_finetune_lr(),
             out: None,
             run: ModelRun::default(),
+            ranks: None,
         }
     }
 }
@@ -166,6 +183,12 @@ pub fn run(
         ));
     }
     let grad_accum = config.effective_batch.div_ceil(batch_size.max(1)).max(1);
+    if let Some(ranks) = config.ranks.as_ref().filter(|r| r.count > grad_accum) {
+        reporter.note(&format!(
+            "warning: a step has {grad_accum} micro-batches of {batch_size} for {} ranks, so              some ranks idle; a smaller --batch-size gives each rank work",
+            ranks.count
+        ));
+    }
 
     let (validation, _) = encode(&tok, &splits.validation, config.task)?;
     let (test, _) = encode(&tok, &splits.test, config.task)?;
@@ -402,6 +425,49 @@ impl Grid<'_> {
         })
     }
 
+    /// One epoch on `ranks` local processes: the request goes to them through a file, rank
+    /// 0's answer comes back through another. Ctrl-C here reaches each rank once.
+    fn train_on_ranks(&self, ranks: &Ranks, run: &Run<'_>, request: &str) -> Result<Outcome> {
+        let (request_path, result_path) = (
+            run.dir.join("epoch-request.json"),
+            run.dir.join("epoch-result.json"),
+        );
+        crate::fsutil::write_atomic(&request_path, request.as_bytes())?;
+        if result_path.exists() {
+            std::fs::remove_file(&result_path).map_err(Error::io(&result_path))?;
+        }
+        let args: Vec<std::ffi::OsString> = vec![
+            "finetune-rank".into(),
+            "--request".into(),
+            request_path.clone().into(),
+            "--result".into(),
+            result_path.clone().into(),
+            "--plugin".into(),
+            self.plugin.path.clone().into(),
+            "--dist-timeout".into(),
+            ranks.timeout_s.to_string().into(),
+            "--dist-backend".into(),
+            ranks.backend.clone().into(),
+        ];
+        let cancel = self.cancel;
+        let interrupts = || usize::from(cancel.load(std::sync::atomic::Ordering::SeqCst));
+        super::world::launch(&ranks.program, &args, ranks.count, &interrupts)?;
+        let answer = std::fs::read_to_string(&result_path);
+        let _ = std::fs::remove_file(&request_path);
+        let _ = std::fs::remove_file(&result_path);
+        match answer {
+            Ok(json) => Ok(Outcome::Finished(json)),
+            // The ranks stopped at a step without an answer: they were interrupted.
+            Err(_) if cancel.load(std::sync::atomic::Ordering::SeqCst) => {
+                Ok(Outcome::Cancelled("{}".into()))
+            }
+            Err(e) => Err(Error::Invalid(format!(
+                "the ranks ended without rank 0's answer in `{}`: {e}",
+                result_path.display()
+            ))),
+        }
+    }
+
     /// Trains the epochs not done yet, one plugin call each, scoring each on validation and
     /// keeping the best and the latest; returns `finished` or `cancelled`.
     fn train_epochs(
@@ -438,9 +504,14 @@ impl Grid<'_> {
                 seed: run.seed,
                 device: config.run.device.clone(),
                 threads: config.run.threads,
+                world: None,
             };
             let request = serde_json::to_string(&request).expect("the request serializes");
-            let trained = match self.plugin.call("finetune", &request, &mut sink)? {
+            let outcome = match &config.ranks {
+                Some(ranks) => self.train_on_ranks(ranks, run, &request)?,
+                None => self.plugin.call("finetune", &request, &mut sink)?,
+            };
+            let trained = match outcome {
                 Outcome::Finished(json) => json,
                 Outcome::Cancelled(_) => {
                     status = "cancelled";

@@ -279,12 +279,9 @@ fn follow(
     plugin: &Plugin,
     cancel: &AtomicBool,
 ) -> Result<PretrainSummary> {
-    let mut sink = Follower {
-        rank: world.rank,
-        cancel,
-    };
     let request_json = serde_json::to_string(req).expect("request serializes");
-    let (status, result) = match plugin.call("pretrain", &request_json, &mut sink)? {
+    let outcome = call_as_rank(plugin, "pretrain", &request_json, world.rank, cancel)?;
+    let (status, result) = match outcome {
         Outcome::Finished(json) => ("finished", json),
         Outcome::Cancelled(json) => ("cancelled", json),
     };
@@ -293,6 +290,18 @@ fn follow(
         status,
         result: serde_json::from_str(&result).unwrap_or(Value::Null),
     })
+}
+
+/// Calls `method` as rank `rank` of a data-parallel run: warnings are printed under the
+/// rank, events dropped (rank 0's orchestrator records the run).
+pub fn call_as_rank(
+    plugin: &Plugin,
+    method: &str,
+    request: &str,
+    rank: usize,
+    cancel: &AtomicBool,
+) -> Result<Outcome> {
+    plugin.call(method, request, &mut Follower { rank, cancel })
 }
 
 struct Follower<'a> {

@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ehrprep_plugin_api::requests::World;
@@ -107,13 +106,13 @@ pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Opt
 /// killed, and the error names the rank that failed first.
 ///
 /// The ranks run in a process group of their own, so a Ctrl-C at the terminal reaches them
-/// once, through the launcher: each count added to `interrupts` is forwarded to every rank
-/// as one SIGINT (the first stops them at the next step, with a checkpoint).
+/// once, through the launcher: each time `interrupts` counts one more, every rank gets one
+/// SIGINT (the first stops them at the next step, with a checkpoint).
 pub fn launch(
     program: &std::path::Path,
     args: &[OsString],
     nproc: usize,
-    interrupts: &AtomicUsize,
+    interrupts: &dyn Fn() -> usize,
 ) -> Result<()> {
     if nproc == 0 {
         return Err(Error::Invalid("--nproc-per-node must be at least 1".into()));
@@ -157,17 +156,17 @@ pub fn launch(
 }
 
 /// Waits for every child; once one fails, the others get `grace` before they are killed.
-/// Interrupts counted in `interrupts` are forwarded to the children still running.
+/// Interrupts counted by `interrupts` are forwarded to the children still running.
 pub fn supervise(
     mut children: Vec<Option<Child>>,
     grace: Duration,
-    interrupts: &AtomicUsize,
+    interrupts: &dyn Fn() -> usize,
 ) -> Result<()> {
     let mut failed: Option<(usize, ExitStatus)> = None;
     let mut failed_at = None;
     let mut forwarded = 0;
     loop {
-        let seen = interrupts.load(Ordering::SeqCst);
+        let seen = interrupts();
         if seen > forwarded {
             forwarded = seen;
             for child in children.iter().flatten() {
@@ -228,6 +227,7 @@ fn free_port() -> Result<u16> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn world(vars: &[(&str, &str)]) -> Result<Option<World>> {
         let vars: HashMap<String, String> = vars
@@ -350,7 +350,7 @@ mod tests {
         // Rank 1 fails at once; rank 0 would run for a minute and is killed after the grace.
         let grace = Duration::from_millis(300);
         let started = Instant::now();
-        let none = AtomicUsize::new(0);
+        let none = || 0;
         let e = supervise(vec![spawn("exec sleep 60"), spawn("exit 3")], grace, &none)
             .unwrap_err()
             .to_string();
@@ -374,7 +374,8 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(300));
                 interrupts.fetch_add(1, Ordering::SeqCst);
             });
-            let e = supervise(vec![Some(rank)], Duration::from_secs(1), &interrupts)
+            let count = || interrupts.load(Ordering::SeqCst);
+            let e = supervise(vec![Some(rank)], Duration::from_secs(1), &count)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("exit status: 7"), "{e}");

@@ -200,6 +200,10 @@ pub struct FinetuneRequest {
     pub device: String,
     #[serde(default)]
     pub threads: i32,
+    /// This process's place in a data-parallel epoch; none: one process. The step's
+    /// micro-batches are dealt out to the ranks, so any number of ranks trains the same.
+    #[serde(default)]
+    pub world: Option<World>,
 }
 
 impl FinetuneRequest {

@@ -164,9 +164,15 @@ impl Group {
         })
     }
 
-    /// Replaces every defined gradient with its mean over the ranks: gradients are packed
-    /// into buckets of one dtype and device, summed, divided and copied back.
+    /// Replaces every defined gradient with its mean over the ranks.
     pub fn average_gradients(&self, grads: &[Tensor]) -> Result<(), CallError> {
+        self.reduce_gradients(grads, self.size as f64)
+    }
+
+    /// Replaces every defined gradient with its sum over the ranks divided by `divisor`:
+    /// gradients are packed into buckets of one dtype and device, summed, divided and
+    /// copied back.
+    pub fn reduce_gradients(&self, grads: &[Tensor], divisor: f64) -> Result<(), CallError> {
         let grads: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
         let mut start = 0;
         while start < grads.len() {
@@ -186,7 +192,7 @@ impl Group {
                 let flat: Vec<Tensor> = bucket.iter().map(|g| g.reshape([-1])).collect();
                 let mut flat = Tensor::cat(&flat, 0);
                 self.all_reduce_sum(&mut flat)?;
-                let flat = flat / self.size as f64;
+                let flat = flat / divisor;
                 let mut offset = 0;
                 for g in bucket {
                     let n = g.numel() as i64;

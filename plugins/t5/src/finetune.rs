@@ -14,9 +14,10 @@ use ehrprep_plugin_api::{CallError, Host};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::dist::Group;
 use crate::model::{T5, T5Config};
 use crate::optim::{Optimizer, clip_grad_norm};
-use crate::train::{TrainerState, device_for};
+use crate::train::{TrainerState, device_for, rank_device};
 
 /// One tokenized example; `target_ids` end with `</s>`, `input_ids` too.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,11 +86,24 @@ fn pad(rows: &[&[i64]], pad: i64, device: Device) -> (Tensor, Tensor) {
     )
 }
 
+/// The seed of the dropout masks of micro-batch `micro` of step `step` in the epoch that
+/// `mix` stands for: the same whichever rank trains it.
+fn micro_seed(mix: u64, step: usize, micro: usize) -> i64 {
+    let mut r = ehrprep_data::rng::Rng::new(
+        mix ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+            ^ (micro as u64).wrapping_mul(ehrprep_data::rng::GOLDEN),
+    );
+    (r.next_u64() >> 1) as i64
+}
+
+/// One epoch. In a data-parallel epoch every rank walks the same order and steps, and
+/// micro-batch m of a step is trained by rank m mod N; the weighted gradients are summed
+/// over the ranks, so N ranks give one process's update. Rank 0 writes the checkpoint.
 pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult, CallError> {
     if req.threads > 0 {
         tch::set_num_threads(req.threads);
     }
-    let device = device_for(&req.device)?;
+    let device = rank_device(&req.device, req.world.as_ref())?;
     if req.batch_size == 0 || req.grad_accum == 0 {
         return Err(CallError::Failed(
             "batch size and accumulation must be at least 1".into(),
@@ -102,6 +116,12 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
             req.train.display()
         )));
     }
+    let group = req
+        .world
+        .as_ref()
+        .map(|w| Group::join(w, device))
+        .transpose()?;
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.size));
     let (vs, model) = load(&req.init, device, Some(req.dropout))?;
     let mut optimizer = Optimizer::new(OptimizerKind::Adafactor);
     optimizer.scale_parameter = false;
@@ -121,7 +141,6 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
         ^ req.epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     // Held for the epoch: the dropout masks come from libtorch's global generator.
     let _guard = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed((mix >> 1) as i64);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut rng = ehrprep_data::rng::Rng::new(mix);
     for i in (1..order.len()).rev() {
@@ -132,8 +151,22 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
     let per_step = req.batch_size * req.grad_accum.max(1);
     let (mut steps, mut loss_sum, mut batches) = (0u64, 0.0, 0u64);
     let pad_id = model.config.pad_token_id;
-    for chunk in order.chunks(per_step) {
-        if host.cancelled() {
+    if group.is_some() {
+        // A rank no micro-batch of a step reaches still all-reduces every gradient: give
+        // them all a value (zero) before the first step.
+        let e = &examples[order[0]];
+        let (x, mask) = pad(&[&e.input_ids[..]], pad_id, device);
+        let (y, ymask) = pad(&[&e.target_ids[..]], pad_id, device);
+        let labels = y.masked_fill(&ymask.eq(0), -100);
+        (model.loss(&x, &mask, &labels, false) * 0.0).backward();
+    }
+    for (step, chunk) in order.chunks(per_step).enumerate() {
+        // Every rank stops at the same step when any one is asked to.
+        let stop = match &group {
+            Some(g) => g.sum(&[f64::from(u8::from(host.cancelled()))])?[0] > 0.0,
+            None => host.cancelled(),
+        };
+        if stop {
             return Err(CallError::Cancelled("{}".into()));
         }
         for (_, p) in &params {
@@ -142,7 +175,11 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
                 let _ = g.zero_();
             }
         }
-        for micro in chunk.chunks(req.batch_size.max(1)) {
+        for (m, micro) in chunk.chunks(req.batch_size.max(1)).enumerate() {
+            if m % world != rank {
+                continue;
+            }
+            tch::manual_seed(micro_seed(mix, step, m));
             let inputs: Vec<&[i64]> = micro.iter().map(|&i| &examples[i].input_ids[..]).collect();
             let targets: Vec<&[i64]> = micro.iter().map(|&i| &examples[i].target_ids[..]).collect();
             let (x, mask) = pad(&inputs, pad_id, device);
@@ -153,6 +190,11 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
             (&loss * (micro.len() as f64 / chunk.len() as f64)).backward();
             loss_sum += loss.double_value(&[]);
             batches += 1;
+        }
+        if let Some(g) = &group {
+            // Each micro-batch's gradient is already weighted by its share of the step.
+            let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
+            g.reduce_gradients(&grads, 1.0)?;
         }
         let norm = clip_grad_norm(&params, 1.0);
         if !norm.is_finite() {
@@ -173,13 +215,19 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
         tokenizer_sha256: String::new(),
         validation_loss: None,
     };
-    crate::checkpoint::write_dir(&req.out, &vs, &model.config, Some((&optimizer, &state)))?;
+    if let Some(g) = &group {
+        let sums = g.sum(&[loss_sum, batches as f64])?;
+        (loss_sum, batches) = (sums[0], sums[1] as u64);
+    }
     let mean_loss = loss_sum / batches.max(1) as f64;
-    host.event(&TrainEvent::FinetuneEpoch {
-        epoch: req.epoch,
-        steps,
-        loss: mean_loss,
-    });
+    if rank == 0 {
+        crate::checkpoint::write_dir(&req.out, &vs, &model.config, Some((&optimizer, &state)))?;
+        host.event(&TrainEvent::FinetuneEpoch {
+            epoch: req.epoch,
+            steps,
+            loss: mean_loss,
+        });
+    }
     Ok(FinetuneResult {
         steps,
         mean_loss,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ehrprep_plugin_api::requests::{OptimizerKind, PretrainRequest, TrainEvent};
+use ehrprep_plugin_api::requests::{OptimizerKind, PretrainRequest, TrainEvent, World};
 use ehrprep_plugin_api::{CallError, Host};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -61,6 +61,19 @@ pub fn device_for(name: &str) -> Result<Device, String> {
         crate::cuda::deterministic_algorithms();
     }
     Ok(device)
+}
+
+/// The device a request names, for a rank: a rank asked for `auto` or `cuda` takes the
+/// CUDA device of its local rank, as torchrun expects; where the launcher shows each rank
+/// only its own GPU (SLURM's --gpus-per-task 1), that is 0.
+pub fn rank_device(name: &str, world: Option<&World>) -> Result<Device, String> {
+    match world {
+        Some(w) if matches!(name, "auto" | "cuda") && tch::Cuda::is_available() => {
+            let visible = tch::Cuda::device_count().max(1) as usize;
+            device_for(&format!("cuda:{}", w.local_rank % visible))
+        }
+        _ => device_for(name),
+    }
 }
 
 fn named_device(name: &str) -> Result<Device, String> {
@@ -121,15 +134,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
             )));
         }
     }
-    // A rank takes the CUDA device of its local rank, as torchrun expects; where the
-    // launcher shows each rank only its own GPU (SLURM's --gpus-per-task 1), that is 0.
-    let device = match &req.world {
-        Some(w) if matches!(req.device.as_str(), "auto" | "cuda") && tch::Cuda::is_available() => {
-            let visible = tch::Cuda::device_count().max(1) as usize;
-            device_for(&format!("cuda:{}", w.local_rank % visible))?
-        }
-        _ => device_for(&req.device)?,
-    };
+    let device = rank_device(&req.device, req.world.as_ref())?;
     let manifest = Manifest::read(&req.shards_dir).map_err(failed)?;
     let train_rows = Rows::load(&req.shards_dir, &manifest, Split::Train).map_err(failed)?;
     let valid_rows = Rows::load(&req.shards_dir, &manifest, Split::Validation).map_err(failed)?;

@@ -44,8 +44,11 @@ fn pretrain_args<'a>(plugin: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a s
 }
 
 fn weights(run: &Path, step: u64) -> Vec<(String, Tensor)> {
-    let file = run.join(format!("checkpoint-{step:08}/model.safetensors"));
-    let mut named = Tensor::read_safetensors(&file).unwrap();
+    tensors(&run.join(format!("checkpoint-{step:08}/model.safetensors")))
+}
+
+fn tensors(file: &Path) -> Vec<(String, Tensor)> {
+    let mut named = Tensor::read_safetensors(file).unwrap();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
 }
@@ -398,4 +401,77 @@ fn ctrl_c_at_the_launcher_reaches_every_rank_once() {
         [[run[0][1].clone()]],
         "a checkpoint at the step both stopped at"
     );
+}
+
+#[test]
+fn finetuning_epochs_on_two_ranks_equal_one_process() {
+    let dir = Dir::new();
+    dir.ehrprep(&["synth", "--out", "synth", "--notes", "2000", "--seed", "3"])
+        .ok();
+    dir.build_fixtures_for_training("out").ok();
+    let plugin = t5_plugin();
+    dir.ehrprep(&pretrain_args(&plugin, "runs/p", "10")).ok();
+    let finetune = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--task",
+            "mednli",
+            "--data",
+            "synth/tasks/mednli",
+            "--checkpoint",
+            "runs/p",
+            "--fractions",
+            "0.1",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--batch-size",
+            "4",
+            "--effective-batch",
+            "16",
+            "--lr",
+            "5e-3",
+            "--max-new-tokens",
+            "12",
+            "--out",
+            out,
+            "--plugin",
+            &plugin,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        dir.ehrprep(&args).ok()
+    };
+    finetune("ft/one", &[]);
+    let stdout = finetune("ft/two", &["--nproc-per-node", "2"]);
+    assert!(stdout.contains("finished"), "{stdout}");
+
+    // The step's four micro-batches are dealt out two and two, dropout masks follow the
+    // micro-batch, not the rank: the same epochs, losses and scores as one process.
+    let epoch =
+        |out: &str| tensors(&dir.join(&format!("{out}/mednli-0.1-s1/epoch-002/model.safetensors")));
+    assert_weights_close(&epoch("ft/two"), &epoch("ft/one"), 1e-5);
+    let db = catalog(&dir.join("out"));
+    let scores = |out: &str| {
+        rows(
+            &db,
+            &format!(
+                "SELECT m.split, m.epoch, m.metric, round(m.value, 5)::VARCHAR
+                 FROM eval_metrics m JOIN eval_runs r USING (eval_run_id)
+                 WHERE r.out LIKE '%/{out}/%' ORDER BY ALL"
+            ),
+        )
+    };
+    let one = scores("ft/one");
+    assert!(one.iter().any(|r| r[0] == "train"), "{one:?}");
+    assert_eq!(scores("ft/two"), one);
+    // Nothing of the hand-over is left behind.
+    let run = dir.join("ft/two/mednli-0.1-s1");
+    assert!(!run.join("epoch-request.json").exists());
+    assert!(!run.join("epoch-result.json").exists());
 }
