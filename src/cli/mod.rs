@@ -291,7 +291,7 @@ fn one_process_only() -> anyhow::Result<()> {
         && world.size > 1
     {
         anyhow::bail!(
-            "this command runs as one process, but the environment makes it rank {} of {}              (RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS): every rank would write the same              outputs; only `ehrprep pretrain` trains data-parallel",
+            "this command runs as one process, but the environment makes it rank {} of {}              (RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS): every rank would write the same              outputs; only `ehrprep pretrain` trains data-parallel",
             world.rank,
             world.size
         );

@@ -20,8 +20,9 @@ const GRACE: Duration = Duration::from_secs(20);
 
 /// This process's rank from the environment: torch.distributed's variables (RANK,
 /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, as torchrun sets them), else SLURM's
-/// (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR and MASTER_PORT exported by
-/// the job script). None: a single process.
+/// (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID, with MASTER_ADDR and MASTER_PORT
+/// exported by the job script). None: a single process. SLURM's are an `srun` step's only:
+/// a batch script itself also has SLURM_PROCID and SLURM_NTASKS, and is one process.
 pub fn from_env(timeout_s: u64) -> Result<Option<World>> {
     parse(|name| std::env::var(name).ok(), timeout_s)
 }
@@ -30,8 +31,8 @@ pub fn from_env(timeout_s: u64) -> Result<Option<World>> {
 pub fn parse(var: impl Fn(&str) -> Option<String>, timeout_s: u64) -> Result<Option<World>> {
     let (rank_var, size_var, local_var) = if var("RANK").is_some() || var("WORLD_SIZE").is_some() {
         ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-    } else if var("SLURM_PROCID").is_some() && var("SLURM_NTASKS").is_some() {
-        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+    } else if var("SLURM_PROCID").is_some() && var("SLURM_STEP_NUM_TASKS").is_some() {
+        ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
     } else {
         return Ok(None);
     };
@@ -279,7 +280,7 @@ mod tests {
     fn slurm_variables_stand_in_for_torchruns() {
         let w = world(&[
             ("SLURM_PROCID", "9"),
-            ("SLURM_NTASKS", "16"),
+            ("SLURM_STEP_NUM_TASKS", "16"),
             ("SLURM_LOCALID", "1"),
             ("MASTER_ADDR", "node1"),
         ])
@@ -292,7 +293,7 @@ mod tests {
         // torchrun's own variables win inside an allocation.
         let w = world(&[
             ("SLURM_PROCID", "0"),
-            ("SLURM_NTASKS", "1"),
+            ("SLURM_STEP_NUM_TASKS", "1"),
             ("RANK", "1"),
             ("WORLD_SIZE", "2"),
             ("MASTER_ADDR", "127.0.0.1"),
@@ -314,7 +315,17 @@ mod tests {
         ]);
         assert_eq!(alone.unwrap().map(|w| w.size), Some(1));
         assert_eq!(
-            world(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]).unwrap(),
+            world(&[("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "1")]).unwrap(),
+            None
+        );
+        // A batch script of an 8-task job, outside srun: one process.
+        assert_eq!(
+            world(&[
+                ("SLURM_PROCID", "0"),
+                ("SLURM_NTASKS", "8"),
+                ("MASTER_ADDR", "h")
+            ])
+            .unwrap(),
             None
         );
     }
