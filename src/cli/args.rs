@@ -257,7 +257,7 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, value_name = "N")]
     pub(crate) nproc_per_node: Option<usize>,
     /// Seconds a rank waits for the others before failing.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub(crate) dist_timeout: u64,
     /// auto (NCCL on CUDA where the plugin has it, else Gloo), nccl or gloo.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = ["auto", "nccl", "gloo"])]
@@ -280,7 +280,7 @@ pub(crate) struct FinetuneRankArgs {
     pub(crate) result: PathBuf,
     #[arg(long)]
     pub(crate) plugin: PathBuf,
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1800)]
     pub(crate) dist_timeout: u64,
     #[arg(long, default_value = "auto")]
     pub(crate) dist_backend: String,
@@ -358,8 +358,9 @@ pub(crate) struct PretrainArgs {
     /// has it, else Gloo), nccl or gloo.
     #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = ["auto", "nccl", "gloo"])]
     pub(crate) dist_backend: String,
-    /// Seconds a rank waits for the others (joining, each collective) before failing.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    /// Seconds a rank waits for the others (joining, each collective) before failing; more
+    /// than rank 0's validation and checkpoint take, which the others wait out.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub(crate) dist_timeout: u64,
     /// Use this plugin library instead of searching EHRPREP_PLUGIN_PATH and the binary's folder.
     #[arg(long, value_name = "PATH")]

@@ -131,13 +131,14 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         crate::train::world::launch(&program, &args, nproc, &count)?;
         return Ok(());
     }
+    // First, so that a stop signal during the seconds libtorch takes to load is a stop.
+    let cancel = cancel_on_ctrl_c();
     let world = crate::train::world::from_env(args.dist_timeout)?.map(|w| World {
         backend: (args.dist_backend != "auto").then(|| args.dist_backend.clone()),
         ..w
     });
     let lead = world.as_ref().is_none_or(|w| w.rank == 0);
     let plugin = find_plugin("pretrain", args.plugin.as_deref())?;
-    let cancel = cancel_on_ctrl_c();
     let resume = args.resume.is_some();
     let request = PretrainRequest {
         model: args.model,
@@ -268,12 +269,12 @@ fn finetune_rank(args: FinetuneRankArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading `{}`", args.request.display()))?;
     let mut request: FinetuneRequest = serde_json::from_str(&text)
         .with_context(|| format!("`{}` is not a finetune request", args.request.display()))?;
+    let cancel = cancel_on_ctrl_c();
     request.world = Some(World {
         backend: (args.dist_backend != "auto").then_some(args.dist_backend),
         ..world
     });
     let plugin = find_plugin("finetune", Some(&args.plugin))?;
-    let cancel = cancel_on_ctrl_c();
     let json = serde_json::to_string(&request)?;
     let outcome = crate::train::pretrain::call_as_rank(&plugin, "finetune", &json, rank, cancel)?;
     if let Outcome::Finished(answer) = outcome
@@ -291,7 +292,7 @@ fn one_process_only() -> anyhow::Result<()> {
         && world.size > 1
     {
         anyhow::bail!(
-            "this command runs as one process, but the environment makes it rank {} of {}              (RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS): every rank would write the same              outputs; only `ehrprep pretrain` trains data-parallel",
+            "this command runs as one process, but the environment makes it rank {} of {} (RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS): every rank would write the same outputs; only `ehrprep pretrain` trains data-parallel",
             world.rank,
             world.size
         );

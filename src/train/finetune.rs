@@ -185,7 +185,7 @@ pub fn run(
     let grad_accum = config.effective_batch.div_ceil(batch_size.max(1)).max(1);
     if let Some(ranks) = config.ranks.as_ref().filter(|r| r.count > grad_accum) {
         reporter.note(&format!(
-            "warning: a step has {grad_accum} micro-batches of {batch_size} for {} ranks, so              some ranks idle; a smaller --batch-size gives each rank work",
+            "warning: a step has {grad_accum} micro-batches of {batch_size} for {} ranks, so some ranks idle; a smaller --batch-size gives each rank work",
             ranks.count
         ));
     }
@@ -508,6 +508,9 @@ impl Grid<'_> {
             };
             let request = serde_json::to_string(&request).expect("the request serializes");
             let outcome = match &config.ranks {
+                _ if self.cancel.load(std::sync::atomic::Ordering::SeqCst) => {
+                    Outcome::Cancelled("{}".into())
+                }
                 Some(ranks) => self.train_on_ranks(ranks, run, &request)?,
                 None => self.plugin.call("finetune", &request, &mut sink)?,
             };

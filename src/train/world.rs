@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,10 @@ pub fn launch(
     if nproc == 0 {
         return Err(Error::Invalid("--nproc-per-node must be at least 1".into()));
     }
-    if std::env::var_os("RANK").is_some() || std::env::var_os("WORLD_SIZE").is_some() {
+    if std::env::var_os("RANK").is_some()
+        || std::env::var_os("WORLD_SIZE").is_some()
+        || from_env(0).is_ok_and(|w| w.is_some_and(|w| w.size > 1))
+    {
         return Err(Error::Invalid(
             "--nproc-per-node starts the ranks itself; under torchrun or srun leave it out".into(),
         ));
@@ -181,7 +184,10 @@ pub fn supervise(
             let Some(child) = slot else { continue };
             if let Ok(Some(status)) = child.try_wait() {
                 *slot = None;
-                if !status.success() && failed.is_none() {
+                // A rank that the forwarded interrupt reached before it could catch it
+                // (while loading) stopped as asked.
+                let interrupted = forwarded > 0 && status.signal() == Some(2);
+                if !status.success() && !interrupted && failed.is_none() {
                     failed = Some((rank, status));
                     failed_at = Some(Instant::now());
                 }
@@ -390,6 +396,18 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("exit status: 7"), "{e}");
+        });
+        // A rank the interrupt reaches before it handles signals dies of it: a stop, not a
+        // failure.
+        let loading = Command::new("sleep").arg("60").spawn().unwrap();
+        let interrupts = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                interrupts.fetch_add(1, Ordering::SeqCst);
+            });
+            let count = || interrupts.load(Ordering::SeqCst);
+            supervise(vec![Some(loading)], Duration::from_secs(1), &count).unwrap();
         });
     }
 }

@@ -94,8 +94,9 @@ pub struct PretrainRequest {
     #[serde(default)]
     pub run_id: Option<String>,
     /// This process's place in a data-parallel run (from torchrun's, SLURM's or ehrprep's
-    /// launcher environment); none: one process. `batch_size` is then per rank.
-    #[serde(default)]
+    /// launcher environment); none: one process. `batch_size` is then per rank. Left out
+    /// of the JSON when none, so a plugin that predates it still reads the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world: Option<World>,
 }
 
@@ -128,7 +129,7 @@ pub struct World {
 }
 
 fn default_world_timeout() -> u64 {
-    600
+    1800
 }
 
 impl Default for PretrainRequest {
@@ -202,7 +203,7 @@ pub struct FinetuneRequest {
     pub threads: i32,
     /// This process's place in a data-parallel epoch; none: one process. The step's
     /// micro-batches are dealt out to the ranks, so any number of ranks trains the same.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world: Option<World>,
 }
 

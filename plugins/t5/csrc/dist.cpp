@@ -161,6 +161,10 @@ int ehr_dist_barrier(ehr_dist* d, char** err) {
 
 void ehr_dist_free(ehr_dist* d) {
   char* err = nullptr;
+  // NCCL wants its communicators shut down before the group goes; Gloo's is a no-op.
+  guarded(&err, [&] { d->backend->shutdown(); });
+  std::free(err);
+  err = nullptr;
   guarded(&err, [&] { delete d; });
   std::free(err);
 }

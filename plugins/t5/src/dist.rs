@@ -67,7 +67,7 @@ impl Group {
             .map_err(|_| bad("GLOO_SOCKET_IFNAME holds a NUL byte"))?;
         let prefix = CString::new(world.agent_store.clone().unwrap_or_default())
             .map_err(|_| bad("the store prefix holds a NUL byte"))?;
-        let timeout_ms = (world.timeout_s.max(1) as i64).saturating_mul(1000);
+        let timeout_ms = (world.timeout_s.clamp(1, 1 << 40) as i64) * 1000;
         let backend_c = CString::new(backend).expect("no NUL in a backend name");
         let mut err = std::ptr::null_mut();
         // SAFETY: the strings outlive the call, `err` is a valid out-pointer, and the
@@ -148,7 +148,7 @@ impl Group {
         self.check("barrier", code, err)
     }
 
-    /// Makes every rank's tensors rank 0's (initial weights, a resumed optimizer's state).
+    /// Makes every rank's tensors rank 0's (the weights, at the start).
     pub fn broadcast_all<'a>(
         &self,
         tensors: impl IntoIterator<Item = &'a Tensor>,

@@ -67,6 +67,12 @@ pub fn device_for(name: &str) -> Result<Device, String> {
 /// CUDA device of its local rank, as torchrun expects; where the launcher shows each rank
 /// only its own GPU (SLURM's --gpus-per-task 1), that is 0.
 pub fn rank_device(name: &str, world: Option<&World>) -> Result<Device, String> {
+    if world.is_some_and(|w| w.size > 1) && name.starts_with("cuda:") {
+        return Err(format!(
+            "`--device {name}` would put every rank on one GPU; give `cuda` or `auto`, and \
+             each rank takes its LOCAL_RANK's"
+        ));
+    }
     match world {
         Some(w) if matches!(name, "auto" | "cuda") && tch::Cuda::is_available() => {
             let visible = tch::Cuda::device_count().max(1) as usize;
@@ -167,7 +173,7 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
         None
     };
     // Every rank has checked the run folder before rank 0 can write to it: joining waits
-    // for all of them.
+    // for all of them (under torchrun's agent store, the first collective does).
     let group = req
         .world
         .as_ref()

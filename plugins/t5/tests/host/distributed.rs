@@ -353,6 +353,16 @@ fn nccl_on_the_cpu_is_refused_by_name() {
         "{stderr}"
     );
     assert!(stderr.contains("rank 0 of 1 failed"), "{stderr}");
+    // One named GPU for several ranks is refused before any touches it.
+    let mut args = pretrain_args(&plugin, "runs/gpu", "2");
+    let device = args.iter().position(|a| *a == "cpu").unwrap();
+    args[device] = "cuda:1";
+    args.extend(["--nproc-per-node", "2"]);
+    let stderr = dir.ehrprep(&args).fails();
+    assert!(
+        stderr.contains("would put every rank on one GPU"),
+        "{stderr}"
+    );
 }
 
 #[test]
