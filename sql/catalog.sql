@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS note_decisions (
 );
 
 -- Notes dropped as `task_text_overlap`: each downstream task document the note holds, with
--- the estimated share of the document's 5-word shingles found in the note.
+-- the estimated share of the document's own 5-word shingles (those no other task document
+-- has) found in the note, from a sample of 256.
 CREATE TABLE IF NOT EXISTS task_overlap (
     build_id    VARCHAR NOT NULL,
     source      VARCHAR NOT NULL, -- the note's release

@@ -92,6 +92,17 @@ fn word_hashes(text: &str, seed: u64) -> Vec<u64> {
 pub(crate) fn shingles(text: &str, words: usize, seed: u64) -> Vec<u64> {
     let hashes = word_hashes(text, seed);
     let k = words.max(1).min(hashes.len().max(1));
+    windows(&hashes, k)
+}
+
+/// Like [`shingles`], but a text of fewer than `words` words has none (not one shorter
+/// shingle, which no longer text would ever contain).
+pub(crate) fn full_shingles(text: &str, words: usize, seed: u64) -> Vec<u64> {
+    let hashes = word_hashes(text, seed);
+    windows(&hashes, words.max(1))
+}
+
+fn windows(hashes: &[u64], k: usize) -> Vec<u64> {
     hashes
         .windows(k)
         .map(|window| mix(window.iter().fold(k as u64, |h, &w| mix(h ^ w))))

@@ -33,8 +33,9 @@ pub struct TaskDoc {
     pub task: &'static str,
     /// The NOTEEVENTS ROW_ID, as text.
     pub doc_id: String,
-    /// RadQA: the report's contexts, one a line; CLIP: its sentences (tokens joined by
-    /// spaces), one a line.
+    /// RadQA: the report's contexts, one a line (sections a note may hold apart); CLIP: its
+    /// sentences in order, tokens and sentences joined by spaces (the whole summary, whose
+    /// sentences follow one another in the note).
     pub text: String,
 }
 
@@ -80,7 +81,7 @@ pub fn read(conn: &Connection, dir: &Path) -> Result<TaskRows> {
         .map(|((task, id), parts)| TaskDoc {
             task,
             doc_id: id.to_string(),
-            text: parts.join("\n"),
+            text: parts.join(if task == "clip" { " " } else { "\n" }),
         })
         .collect();
     if out.files.is_empty() {
@@ -118,7 +119,7 @@ fn radqa_rows(path: &Path, out: &mut TaskRows, docs: &mut Docs) -> Result<()> {
     let squad: Squad = serde_json::from_reader(reader).map_err(|e| Error::TaskData {
         path: path.to_path_buf(),
         location: format!("line {} column {}", e.line(), e.column()),
-        problem: "not a SQuAD v2 file (`data[].title`, `data[].paragraphs`)".to_string(),
+        problem: "not a SQuAD v2 file (`data[].title`, `data[].paragraphs[].context`)".to_string(),
     })?;
     for (i, article) in squad.data.iter().enumerate() {
         let id = match &article.title {
@@ -255,7 +256,7 @@ mod tests {
         assert_eq!(ids, [7, 9, 101, 102]);
         assert_eq!(rows.files.len(), 2);
         // Documents: CLIP's sentences in `sent_index` order whatever the record order,
-        // tokens joined by spaces; RadQA's contexts one a line.
+        // tokens and sentences joined by spaces; RadQA's contexts one a line.
         let docs: Vec<(&str, &str, &str)> = rows
             .docs
             .iter()
@@ -264,7 +265,7 @@ mod tests {
         assert_eq!(
             docs,
             [
-                ("clip", "7", "a, b\nc d ."),
+                ("clip", "7", "a, b c d ."),
                 ("clip", "9", "x"),
                 ("radqa", "101", "Lungs clear.\nNo effusion."),
                 ("radqa", "102", ""),
