@@ -164,6 +164,7 @@ else
     gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
     run --steps 40 --out "$work/group1" --nproc-per-node 1
     run --steps 40 --out "$work/group1gloo" --nproc-per-node 1 --dist-backend gloo
+    EHRPREP_DIST_OVERLAP=0 run --steps 40 --out "$work/group1after" --nproc-per-node 1
     if [ "$gpus" -ge 2 ]; then
         timeout 120 "$ehrprep" pretrain --build "$work/smoke/build" --model tiny --batch-size 2 \
             --warmup 10 --lr 0.01 --device "$device" --seed 9 --save-every 20 \
@@ -173,7 +174,7 @@ else
     sql "SELECT regexp_extract(out, '[a-z0-9]+$') AS run, world_size, global_batch, step, loss,
                 grad_norm, round(tokens_per_s) AS tokens_per_s
          FROM train_steps JOIN train_runs USING (run_id)
-         WHERE step IN (1, 20, 40) AND regexp_matches(out, '(straight|group1|group1gloo|group2)$')
+         WHERE step IN (1, 20, 40) AND regexp_matches(out, '(straight|group1|group1gloo|group1after|group2)$')
          ORDER BY step, run"
 fi
 fi

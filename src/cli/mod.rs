@@ -174,12 +174,14 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         crate::train::pretrain::run(&config, &plugin, cancel, &BarReporter::new(true))?;
         return Ok(());
     }
-    eprintln!(
-        "plugin {} {} ({})",
-        plugin.info.name,
-        plugin.info.version,
-        plugin.path.display()
-    );
+    if !args.quiet {
+        eprintln!(
+            "plugin {} {} ({})",
+            plugin.info.name,
+            plugin.info.version,
+            plugin.path.display()
+        );
+    }
     let reporter = BarReporter::new(args.quiet);
     let summary = crate::train::pretrain::run(&config, &plugin, cancel, &reporter)?;
     let r = &summary.result;

@@ -1,17 +1,20 @@
 //! Data-parallel training on PyTorch's own distributed runtime: a process group from
 //! libtorch's c10d (a TCPStore rendezvous, NCCL or Gloo collectives), reached through the C
 //! shim in `csrc/dist.cpp`, compiled against the wheel tch links. No collective is written
-//! here; this module only bundles gradients into few, large all-reduces.
+//! here; the shim bundles gradients into few, large all-reduces that start during backward.
 
 use std::ffi::{CStr, CString, c_char};
 
 use ehrprep_plugin_api::CallError;
 use ehrprep_plugin_api::requests::World;
 use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
 
 /// Gradients are summed in buckets of about this many bytes: one all-reduce per bucket
 /// instead of one per parameter (a T5 has ~130 of them), as DDP's default 25 MiB does.
 const BUCKET_BYTES: i64 = 25 << 20;
+/// The first bucket is small, as DDP's, so communication starts early in backward.
+const FIRST_BUCKET_BYTES: i64 = 1 << 20;
 
 /// A joined process group. Dropping it leaves the group.
 pub struct Group {
@@ -164,47 +167,37 @@ impl Group {
         })
     }
 
-    /// Replaces every defined gradient with its mean over the ranks.
-    pub fn average_gradients(&self, grads: &[Tensor]) -> Result<(), CallError> {
-        self.reduce_gradients(grads, self.size as f64)
-    }
-
-    /// Replaces every defined gradient with its sum over the ranks divided by `divisor`:
-    /// gradients are packed into buckets of one dtype and device, summed, divided and
-    /// copied back.
-    pub fn reduce_gradients(&self, grads: &[Tensor], divisor: f64) -> Result<(), CallError> {
-        let grads: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
-        let mut start = 0;
-        while start < grads.len() {
-            let (kind, device) = (grads[start].kind(), grads[start].device());
-            let mut end = start;
-            let mut bytes = 0;
-            while end < grads.len()
-                && grads[end].kind() == kind
-                && grads[end].device() == device
-                && (end == start || bytes < BUCKET_BYTES)
-            {
-                bytes += grads[end].numel() as i64 * kind.elt_size_in_bytes() as i64;
-                end += 1;
-            }
-            let bucket = &grads[start..end];
-            tch::no_grad(|| {
-                let flat: Vec<Tensor> = bucket.iter().map(|g| g.reshape([-1])).collect();
-                let mut flat = Tensor::cat(&flat, 0);
-                self.all_reduce_sum(&mut flat)?;
-                let flat = flat / divisor;
-                let mut offset = 0;
-                for g in bucket {
-                    let n = g.numel() as i64;
-                    let mut target = g.shallow_clone();
-                    target.copy_(&flat.narrow(0, offset, n).view_as(g));
-                    offset += n;
-                }
-                Ok::<(), CallError>(())
-            })?;
-            start = end;
+    /// Hooks the gradients of `params` (trainable leaves) into buckets that are summed
+    /// over the ranks while backward runs. `EHRPREP_DIST_OVERLAP=0` keeps the same buckets
+    /// but sums them after backward, for comparison or should overlapping misbehave.
+    pub fn overlap<'g>(&'g self, params: &[Tensor]) -> Result<Overlap<'g>, CallError> {
+        let ptrs: Vec<*mut C_tensor> = params.iter().map(|p| p.as_ptr() as *mut C_tensor).collect();
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `raw` is a live group; every pointer is a live tensor that the shim
+        // copies (a new reference) before the call returns.
+        #[allow(unsafe_code)]
+        let raw = unsafe {
+            ffi::ehr_overlap_new(
+                self.raw,
+                ptrs.as_ptr(),
+                ptrs.len(),
+                FIRST_BUCKET_BYTES,
+                BUCKET_BYTES,
+                &mut err,
+            )
+        };
+        if raw.is_null() {
+            return Err(CallError::Failed(format!(
+                "rank {}: hooking the gradients failed: {}",
+                self.rank,
+                take_error(err)
+            )));
         }
-        Ok(())
+        Ok(Overlap {
+            raw,
+            group: self,
+            during_backward: std::env::var_os("EHRPREP_DIST_OVERLAP").is_none_or(|v| v != "0"),
+        })
     }
 
     /// The sums over all ranks of a few numbers (losses, token counts, stop flags), in f64.
@@ -224,6 +217,64 @@ impl Drop for Group {
         #[allow(unsafe_code)]
         unsafe {
             ffi::ehr_dist_free(self.raw)
+        };
+    }
+}
+
+/// Gradients summed over the ranks, bucket by bucket, during the last backward of each
+/// optimizer step. Dropping it unhooks them.
+pub struct Overlap<'g> {
+    raw: *mut ffi::Overlap,
+    group: &'g Group,
+    during_backward: bool,
+}
+
+impl Overlap<'_> {
+    /// Call before the last backward of an optimizer step (and not at all on a rank that
+    /// has none in this step).
+    pub fn arm(&self) -> Result<(), CallError> {
+        if !self.during_backward {
+            return Ok(());
+        }
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `raw` is live until drop.
+        #[allow(unsafe_code)]
+        let code = unsafe { ffi::ehr_overlap_arm(self.raw, &mut err) };
+        self.group.check("arming the gradient buckets", code, err)
+    }
+
+    /// Waits for every bucket (starting those backward did not) and replaces each
+    /// gradient with its sum over the ranks divided by `divisor`. Every rank calls it once
+    /// per optimizer step.
+    pub fn finish(&self, divisor: f64) -> Result<(), CallError> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `raw` is live until drop; the call returns after the collectives.
+        #[allow(unsafe_code)]
+        let code = unsafe { ffi::ehr_overlap_finish(self.raw, divisor, &mut err) };
+        self.group.check("the gradient all-reduce", code, err)
+    }
+}
+
+impl Overlap<'_> {
+    /// The number of buckets, and how many of the last step's started inside backward.
+    #[cfg(test)]
+    fn stats(&self) -> (usize, usize) {
+        let (mut buckets, mut in_backward) = (0, 0);
+        // SAFETY: `raw` is live until drop; the out-pointers are valid.
+        #[allow(unsafe_code)]
+        unsafe {
+            ffi::ehr_overlap_stats(self.raw, &mut buckets, &mut in_backward)
+        };
+        (buckets, in_backward)
+    }
+}
+
+impl Drop for Overlap<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from `ehr_overlap_new` and is freed once, here.
+        #[allow(unsafe_code)]
+        unsafe {
+            ffi::ehr_overlap_free(self.raw)
         };
     }
 }
@@ -249,11 +300,17 @@ fn take_error(err: *mut c_char) -> String {
 mod ffi {
     use std::ffi::c_char;
 
-    use torch_sys::C_tensor;
+    use super::C_tensor;
 
     /// `struct ehr_dist`, opaque.
     #[repr(C)]
     pub struct Dist {
+        _private: [u8; 0],
+    }
+
+    /// `struct ehr_overlap`, opaque.
+    #[repr(C)]
+    pub struct Overlap {
         _private: [u8; 0],
     }
 
@@ -280,7 +337,145 @@ mod ffi {
         ) -> i32;
         pub fn ehr_dist_barrier(d: *mut Dist, err: *mut *mut c_char) -> i32;
         pub fn ehr_dist_free(d: *mut Dist);
+        pub fn ehr_overlap_new(
+            d: *mut Dist,
+            params: *const *mut C_tensor,
+            n: usize,
+            first_bytes: i64,
+            bucket_bytes: i64,
+            err: *mut *mut c_char,
+        ) -> *mut Overlap;
+        pub fn ehr_overlap_arm(o: *mut Overlap, err: *mut *mut c_char) -> i32;
+        pub fn ehr_overlap_finish(o: *mut Overlap, divisor: f64, err: *mut *mut c_char) -> i32;
+        pub fn ehr_overlap_free(o: *mut Overlap);
+        #[cfg(test)]
+        pub fn ehr_overlap_stats(o: *mut Overlap, buckets: *mut usize, in_backward: *mut usize);
         pub fn ehr_dist_free_error(err: *mut c_char);
         pub fn ehr_dist_has_nccl() -> i32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alone() -> Group {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let world = World {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            interface: None,
+            agent_store: None,
+            backend: Some("gloo".into()),
+            timeout_s: 30,
+        };
+        Group::join(&world, Device::Cpu).expect("a group of one")
+    }
+
+    /// `[c, b, a]`, and a loss whose backward delivers c's gradient first, then b's,
+    /// then a's; `unused` never gets one.
+    fn chain() -> (Vec<Tensor>, impl Fn(&[Tensor]) -> Tensor) {
+        let leaf = |v: &[f32]| Tensor::from_slice(v).set_requires_grad(true);
+        let params = vec![
+            leaf(&[0.5, -1.0]),
+            leaf(&[2.0, 3.0]),
+            leaf(&[1.5, 0.25]),
+            leaf(&[7.0]),
+        ];
+        let loss = |p: &[Tensor]| {
+            let x = Tensor::from_slice(&[1.0f32, 2.0]);
+            let (c, b, a) = (&p[0], &p[1], &p[2]);
+            (((&x * a) * b) * c).sum(Kind::Float)
+        };
+        (params, loss)
+    }
+
+    fn grads(params: &[Tensor]) -> Vec<Vec<f32>> {
+        params
+            .iter()
+            .map(|p| Vec::<f32>::try_from(&p.grad()).expect("a 1-d f32 gradient"))
+            .collect()
+    }
+
+    #[test]
+    fn buckets_start_during_backward_in_the_order_gradients_arrive() {
+        let group = alone();
+        let (params, loss) = chain();
+        // One parameter a bucket (a 1-byte cap), so the order of the buckets shows.
+        let mut err = std::ptr::null_mut();
+        let ptrs: Vec<*mut C_tensor> = params.iter().map(|p| p.as_ptr() as *mut _).collect();
+        // SAFETY: as in `Group::overlap`.
+        #[allow(unsafe_code)]
+        let raw =
+            unsafe { ffi::ehr_overlap_new(group.raw, ptrs.as_ptr(), ptrs.len(), 1, 1, &mut err) };
+        assert!(!raw.is_null(), "{}", take_error(err));
+        let overlap = Overlap {
+            raw,
+            group: &group,
+            during_backward: true,
+        };
+        assert_eq!(overlap.stats(), (4, 0));
+
+        // The first step's buckets run from the last parameter to the first: `unused`
+        // heads them and never becomes ready, so nothing starts before the end.
+        overlap.arm().unwrap();
+        loss(&params).backward();
+        let expected = grads(&params[..3]);
+        overlap.finish(2.0).unwrap();
+        assert_eq!(overlap.stats(), (4, 0));
+        let halved: Vec<Vec<f32>> = expected
+            .iter()
+            .map(|g| g.iter().map(|v| v / 2.0).collect())
+            .collect();
+        assert_eq!(grads(&params[..3]), halved);
+        // A parameter no rank gave a gradient gets a zero one, as on every other rank.
+        assert_eq!(grads(&params[3..]), vec![vec![0.0]]);
+
+        // Rebuilt in the order seen (c, b, a, then unused): each of the three starts as
+        // its gradient arrives, the unused one's at the end.
+        for p in &params {
+            let _ = p.grad().zero_();
+        }
+        overlap.arm().unwrap();
+        loss(&params).backward();
+        overlap.finish(1.0).unwrap();
+        assert_eq!(overlap.stats(), (4, 3));
+        assert_eq!(grads(&params[..3]), expected);
+
+        // Not armed: the same sums, all started after backward.
+        for p in &params {
+            let _ = p.grad().zero_();
+        }
+        loss(&params).backward();
+        overlap.finish(1.0).unwrap();
+        assert_eq!(overlap.stats(), (4, 0));
+        assert_eq!(grads(&params[..3]), expected);
+    }
+
+    #[test]
+    fn accumulated_micro_batches_are_summed_whole_from_the_armed_backward() {
+        let group = alone();
+        let (params, loss) = chain();
+        let overlap = group.overlap(&params).unwrap();
+        // Two micro-batches: the bucket must hold both, not the first alone.
+        loss(&params).backward();
+        let once = grads(&params[..3]);
+        overlap.arm().unwrap();
+        loss(&params).backward();
+        overlap.finish(1.0).unwrap();
+        let twice: Vec<Vec<f32>> = once
+            .iter()
+            .map(|g| g.iter().map(|v| v * 2.0).collect())
+            .collect();
+        assert_eq!(grads(&params[..3]), twice);
+        // All four parameters fit one default-sized bucket, started inside backward
+        // (the unused parameter's hook never fires; the bucket waits for the end).
+        assert_eq!(overlap.stats(), (1, 0));
     }
 }

@@ -151,15 +151,10 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
     let per_step = req.batch_size * req.grad_accum.max(1);
     let (mut steps, mut loss_sum, mut batches) = (0u64, 0.0, 0u64);
     let pad_id = model.config.pad_token_id;
-    if group.is_some() {
-        // A rank no micro-batch of a step reaches still all-reduces every gradient: give
-        // them all a value (zero) before the first step.
-        let e = &examples[order[0]];
-        let (x, mask) = pad(&[&e.input_ids[..]], pad_id, device);
-        let (y, ymask) = pad(&[&e.target_ids[..]], pad_id, device);
-        let labels = y.masked_fill(&ymask.eq(0), -100);
-        (model.loss(&x, &mask, &labels, false) * 0.0).backward();
-    }
+    let overlap = match &group {
+        Some(g) => Some(g.overlap(&crate::train::trainable(&params))?),
+        None => None,
+    };
     for (step, chunk) in order.chunks(per_step).enumerate() {
         // Every rank stops at the same step when any one is asked to.
         let stop = match &group {
@@ -175,6 +170,9 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
                 let _ = g.zero_();
             }
         }
+        let micros = chunk.len().div_ceil(req.batch_size.max(1));
+        // This rank's last micro-batch of the step, if it has one.
+        let last = (0..micros).rev().find(|m| m % world == rank);
         for (m, micro) in chunk.chunks(req.batch_size.max(1)).enumerate() {
             if m % world != rank {
                 continue;
@@ -186,15 +184,20 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
             let (y, ymask) = pad(&targets, pad_id, device);
             let labels = y.masked_fill(&ymask.eq(0), -100);
             let loss = model.loss(&x, &mask, &labels, true);
+            if let Some(o) = &overlap
+                && Some(m) == last
+            {
+                o.arm()?;
+            }
             // Each micro-batch weighs by its share of the step's examples.
             (&loss * (micro.len() as f64 / chunk.len() as f64)).backward();
             loss_sum += loss.double_value(&[]);
             batches += 1;
         }
-        if let Some(g) = &group {
-            // Each micro-batch's gradient is already weighted by its share of the step.
-            let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
-            g.reduce_gradients(&grads, 1.0)?;
+        if let Some(o) = &overlap {
+            // Each micro-batch's gradient is already weighted by its share of the step; a
+            // rank without one this step adds zeros.
+            o.finish(1.0)?;
         }
         let norm = clip_grad_norm(&params, 1.0);
         if !norm.is_finite() {

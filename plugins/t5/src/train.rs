@@ -45,6 +45,15 @@ pub struct TrainerState {
     pub validation_loss: Option<f64>,
 }
 
+/// The parameters that take gradients.
+pub(crate) fn trainable(params: &[(String, Tensor)]) -> Vec<Tensor> {
+    params
+        .iter()
+        .filter(|(_, p)| p.requires_grad())
+        .map(|(_, p)| p.shallow_clone())
+        .collect()
+}
+
 /// The seed of the dropout masks of micro-batch `micro` of optimizer step `step` (0-based);
 /// in a data-parallel run, `micro` counts every rank's micro-batches (`micro * world + rank`).
 fn dropout_seed(seed: u64, step: u64, micro: u64) -> i64 {
@@ -337,6 +346,10 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
     if let Some(g) = &group {
         g.broadcast_all(params.iter().map(|(_, p)| p))?;
     }
+    let overlap = match &group {
+        Some(g) => Some(g.overlap(&trainable(&params))?),
+        None => None,
+    };
     let device_label = device_name(device);
     let parameters = config.parameters();
     // Rank 0 speaks for the run: events, validation, checkpoints.
@@ -428,13 +441,17 @@ pub fn pretrain(req: &PretrainRequest, host: &Host<'_>) -> Result<PretrainResult
                 }
                 zeroed = true;
             }
+            if let Some(o) = &overlap
+                && micro + 1 == req.grad_accum as u64
+            {
+                o.arm()?;
+            }
             (&loss / req.grad_accum as f64).backward();
             loss_sum += loss.double_value(&[]);
             tokens += b.input_tokens;
         }
-        if let Some(g) = &group {
-            let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
-            g.average_gradients(&grads)?;
+        if let (Some(g), Some(o)) = (&group, &overlap) {
+            o.finish(world as f64)?;
             let sums = g.sum(&[loss_sum, tokens as f64])?;
             (loss_sum, tokens) = (sums[0], sums[1] as usize);
         }
