@@ -84,6 +84,7 @@ struct Overlap {
   std::vector<bool> seen;
   std::vector<size_t> ready_order;
   bool learned = false;
+  // One flat buffer per bucket, kept across steps.
   std::vector<at::Tensor> flats;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
   size_t next = 0;
@@ -93,7 +94,8 @@ struct Overlap {
   std::string error;
   std::mutex mu;
 
-  // Consecutive parameters of `order`, one dtype and device per bucket.
+  // Consecutive parameters of `order`, one dtype and device per bucket, each bucket with
+  // its flat buffer: allocated here, once, so backward allocates nothing for them.
   void build(const std::vector<size_t>& order) {
     buckets.clear();
     bucket_of.assign(params.size(), 0);
@@ -112,19 +114,32 @@ struct Overlap {
       bucket_of[i] = buckets.size() - 1;
       bytes += p.numel() * static_cast<int64_t>(p.element_size());
     }
+    flats.clear();
+    for (const auto& b : buckets) {
+      int64_t numel = 0;
+      for (size_t i : b) {
+        numel += params[i].numel();
+      }
+      flats.push_back(at::empty({numel}, params[b.front()].options().requires_grad(false)));
+    }
+    works.assign(buckets.size(), c10::intrusive_ptr<c10d::Work>());
   }
 
   // Called under `mu`; errors are kept for `finish`, never thrown into autograd.
   void launch(size_t b) {
     try {
       at::NoGradGuard no_grad;
-      std::vector<at::Tensor> parts;
+      int64_t offset = 0;
       for (size_t i : buckets[b]) {
         const at::Tensor& g = params[i].grad();
-        parts.push_back(
-            g.defined() ? g.reshape({-1}) : at::zeros({params[i].numel()}, params[i].options()));
+        at::Tensor part = flats[b].narrow(0, offset, params[i].numel());
+        if (g.defined()) {
+          part.view_as(g).copy_(g);
+        } else {
+          part.zero_();
+        }
+        offset += params[i].numel();
       }
-      flats[b] = at::cat(parts);
       std::vector<at::Tensor> tensors{flats[b]};
       c10d::AllreduceOptions options;
       options.reduceOp = c10d::ReduceOp::SUM;
@@ -141,12 +156,16 @@ struct Overlap {
     if (!armed || seen[i]) {
       return;
     }
-    seen[i] = true;
-    ready_order.push_back(i);
-    pending[bucket_of[i]]--;
-    while (error.empty() && next < buckets.size() && pending[next] == 0) {
-      in_backward++;
-      launch(next++);
+    try {
+      seen[i] = true;
+      ready_order.push_back(i);
+      pending[bucket_of[i]]--;
+      while (error.empty() && next < buckets.size() && pending[next] == 0) {
+        in_backward++;
+        launch(next++);
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
     }
   }
 };
@@ -301,6 +320,7 @@ ehr_overlap* ehr_overlap_new(
     o->timeout = d->timeout;
     o->first_bytes = first_bytes;
     o->bucket_bytes = bucket_bytes;
+    TORCH_CHECK(n > 0, "no parameters to reduce");
     std::vector<size_t> order;
     for (size_t i = 0; i < n; ++i) {
       o->params.push_back(*params[i]);
@@ -308,11 +328,18 @@ ehr_overlap* ehr_overlap_new(
     }
     // Gradients arrive roughly last parameter first.
     o->build(order);
-    for (size_t i = 0; i < n; ++i) {
-      auto acc = torch::autograd::impl::grad_accumulator(o->params[i]);
-      TORCH_CHECK(acc != nullptr, "parameter ", i, " is not a leaf that requires grad");
-      o->hooks.push_back(acc->add_post_hook(std::make_unique<ReadyHook>(o, i)));
-      o->accumulators.push_back(std::move(acc));
+    try {
+      for (size_t i = 0; i < n; ++i) {
+        auto acc = torch::autograd::impl::grad_accumulator(o->params[i]);
+        TORCH_CHECK(acc != nullptr, "parameter ", i, " is not a leaf that requires grad");
+        o->hooks.push_back(acc->add_post_hook(std::make_unique<ReadyHook>(o, i)));
+        o->accumulators.push_back(std::move(acc));
+      }
+    } catch (...) {
+      for (size_t i = 0; i < o->hooks.size(); ++i) {
+        o->accumulators[i]->del_post_hook(o->hooks[i]);
+      }
+      throw;
     }
     out = new ehr_overlap{o};
   });
@@ -331,7 +358,6 @@ int ehr_overlap_arm(ehr_overlap* h, char** err) {
     }
     o.seen.assign(o.params.size(), false);
     o.ready_order.clear();
-    o.flats.assign(o.buckets.size(), at::Tensor());
     o.works.assign(o.buckets.size(), c10::intrusive_ptr<c10d::Work>());
     o.next = 0;
     o.in_backward = 0;
@@ -348,7 +374,6 @@ int ehr_overlap_finish(ehr_overlap* h, double divisor, char** err) {
     Overlap& o = *h->inner;
     std::lock_guard<std::mutex> lock(o.mu);
     if (!o.armed) {
-      o.flats.assign(o.buckets.size(), at::Tensor());
       o.works.assign(o.buckets.size(), c10::intrusive_ptr<c10d::Work>());
       o.seen.assign(o.params.size(), false);
       o.ready_order.clear();
@@ -360,13 +385,20 @@ int ehr_overlap_finish(ehr_overlap* h, double divisor, char** err) {
     while (o.error.empty() && o.next < o.buckets.size()) {
       o.launch(o.next++);
     }
+    // This rank cannot go on; it fails, and the others' collectives fail when it is gone
+    // (Gloo at once, NCCL at the timeout).
     if (!o.error.empty()) {
       throw std::runtime_error(o.error);
     }
     at::NoGradGuard no_grad;
     for (size_t b = 0; b < o.buckets.size(); ++b) {
-      o.works[b]->wait(o.timeout);
-      at::Tensor flat = divisor == 1.0 ? o.flats[b] : o.flats[b] / divisor;
+      // Without a deadline: on CUDA this orders the stream after NCCL's instead of holding
+      // the host (NCCL's watchdog enforces the group's timeout); Gloo's has its own.
+      o.works[b]->wait();
+      at::Tensor& flat = o.flats[b];
+      if (divisor != 1.0) {
+        flat.div_(divisor);
+      }
       int64_t offset = 0;
       for (size_t i : o.buckets[b]) {
         at::Tensor& p = o.params[i];
@@ -378,7 +410,6 @@ int ehr_overlap_finish(ehr_overlap* h, double divisor, char** err) {
           p.mutable_grad() = part.clone();
         }
       }
-      o.flats[b] = at::Tensor();
       o.works[b].reset();
     }
     // Once, after the first step on every rank: rebuild the buckets in the order rank 0

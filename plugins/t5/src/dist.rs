@@ -359,15 +359,11 @@ mod ffi {
 mod tests {
     use super::*;
 
-    fn alone() -> Group {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+    fn join(rank: usize, size: usize, port: u16) -> Group {
         let world = World {
-            rank: 0,
-            size: 1,
-            local_rank: 0,
+            rank,
+            size,
+            local_rank: rank,
             master_addr: "127.0.0.1".into(),
             master_port: port,
             interface: None,
@@ -375,39 +371,75 @@ mod tests {
             backend: Some("gloo".into()),
             timeout_s: 30,
         };
-        Group::join(&world, Device::Cpu).expect("a group of one")
+        Group::join(&world, Device::Cpu).expect("joining a loopback group")
     }
 
-    /// `[c, b, a]`, and a loss whose backward delivers c's gradient first, then b's,
-    /// then a's; `unused` never gets one.
-    fn chain() -> (Vec<Tensor>, impl Fn(&[Tensor]) -> Tensor) {
-        let leaf = |v: &[f32]| Tensor::from_slice(v).set_requires_grad(true);
-        let params = vec![
-            leaf(&[0.5, -1.0]),
-            leaf(&[2.0, 3.0]),
-            leaf(&[1.5, 0.25]),
-            leaf(&[7.0]),
-        ];
-        let loss = |p: &[Tensor]| {
-            let x = Tensor::from_slice(&[1.0f32, 2.0]);
-            let (c, b, a) = (&p[0], &p[1], &p[2]);
-            (((&x * a) * b) * c).sum(Kind::Float)
-        };
-        (params, loss)
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// `[c, b, a, unused]` as trainable leaves.
+    fn params() -> Vec<Tensor> {
+        [&[0.5f32, -1.0][..], &[2.0, 3.0], &[1.5, 0.25], &[7.0]]
+            .iter()
+            .map(|v| Tensor::from_slice(v).set_requires_grad(true))
+            .collect()
+    }
+
+    /// A loss whose backward delivers c's gradient first, then b's, then a's; `unused`
+    /// takes part only when asked (its gradient is then 3).
+    fn loss(p: &[Tensor], x: &[f32], with_unused: bool) -> Tensor {
+        let x = Tensor::from_slice(x);
+        let (c, b, a) = (&p[0], &p[1], &p[2]);
+        let main = (((&x * a) * b) * c).sum(Kind::Float);
+        if with_unused {
+            main + (&p[3] * 3.0).sum(Kind::Float)
+        } else {
+            main
+        }
     }
 
     fn grads(params: &[Tensor]) -> Vec<Vec<f32>> {
         params
             .iter()
-            .map(|p| Vec::<f32>::try_from(&p.grad()).expect("a 1-d f32 gradient"))
+            .map(|p| {
+                let g = p.grad();
+                if g.defined() {
+                    Vec::<f32>::try_from(&g).expect("a 1-d f32 gradient")
+                } else {
+                    vec![0.0; p.numel()]
+                }
+            })
             .collect()
     }
 
-    #[test]
-    fn buckets_start_during_backward_in_the_order_gradients_arrive() {
-        let group = alone();
-        let (params, loss) = chain();
-        // One parameter a bucket (a 1-byte cap), so the order of the buckets shows.
+    /// One process's gradients, without any hook.
+    fn plain(x: &[f32], with_unused: bool) -> Vec<Vec<f32>> {
+        let p = params();
+        loss(&p, x, with_unused).backward();
+        grads(&p)
+    }
+
+    fn zero(params: &[Tensor]) {
+        for p in params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    fn scaled(g: &[Vec<f32>], by: f32) -> Vec<Vec<f32>> {
+        g.iter()
+            .map(|v| v.iter().map(|x| x * by).collect())
+            .collect()
+    }
+
+    /// One parameter a bucket (a 1-byte cap), so the order of the buckets shows.
+    fn one_per_bucket<'g>(group: &'g Group, params: &[Tensor]) -> Overlap<'g> {
         let mut err = std::ptr::null_mut();
         let ptrs: Vec<*mut C_tensor> = params.iter().map(|p| p.as_ptr() as *mut _).collect();
         // SAFETY: as in `Group::overlap`.
@@ -415,67 +447,120 @@ mod tests {
         let raw =
             unsafe { ffi::ehr_overlap_new(group.raw, ptrs.as_ptr(), ptrs.len(), 1, 1, &mut err) };
         assert!(!raw.is_null(), "{}", take_error(err));
-        let overlap = Overlap {
+        Overlap {
             raw,
-            group: &group,
+            group,
             during_backward: true,
-        };
+        }
+    }
+
+    const X: [f32; 2] = [1.0, 2.0];
+
+    #[test]
+    fn buckets_start_during_backward_in_the_order_gradients_arrive() {
+        let group = join(0, 1, free_port());
+        let params = params();
+        let overlap = one_per_bucket(&group, &params);
         assert_eq!(overlap.stats(), (4, 0));
+        let expected = plain(&X, false);
 
         // The first step's buckets run from the last parameter to the first: `unused`
         // heads them and never becomes ready, so nothing starts before the end.
         overlap.arm().unwrap();
-        loss(&params).backward();
-        let expected = grads(&params[..3]);
+        loss(&params, &X, false).backward();
         overlap.finish(2.0).unwrap();
         assert_eq!(overlap.stats(), (4, 0));
-        let halved: Vec<Vec<f32>> = expected
-            .iter()
-            .map(|g| g.iter().map(|v| v / 2.0).collect())
-            .collect();
-        assert_eq!(grads(&params[..3]), halved);
-        // A parameter no rank gave a gradient gets a zero one, as on every other rank.
-        assert_eq!(grads(&params[3..]), vec![vec![0.0]]);
+        assert_eq!(grads(&params), scaled(&expected, 0.5));
 
         // Rebuilt in the order seen (c, b, a, then unused): each of the three starts as
         // its gradient arrives, the unused one's at the end.
-        for p in &params {
-            let _ = p.grad().zero_();
-        }
+        zero(&params);
         overlap.arm().unwrap();
-        loss(&params).backward();
+        loss(&params, &X, false).backward();
         overlap.finish(1.0).unwrap();
         assert_eq!(overlap.stats(), (4, 3));
-        assert_eq!(grads(&params[..3]), expected);
+        assert_eq!(grads(&params), expected);
 
         // Not armed: the same sums, all started after backward.
-        for p in &params {
-            let _ = p.grad().zero_();
-        }
-        loss(&params).backward();
+        zero(&params);
+        loss(&params, &X, false).backward();
         overlap.finish(1.0).unwrap();
         assert_eq!(overlap.stats(), (4, 0));
-        assert_eq!(grads(&params[..3]), expected);
+        assert_eq!(grads(&params), expected);
     }
 
     #[test]
-    fn accumulated_micro_batches_are_summed_whole_from_the_armed_backward() {
-        let group = alone();
-        let (params, loss) = chain();
-        let overlap = group.overlap(&params).unwrap();
-        // Two micro-batches: the bucket must hold both, not the first alone.
-        loss(&params).backward();
-        let once = grads(&params[..3]);
+    fn a_bucket_started_in_backward_holds_every_micro_batch_of_the_step() {
+        let group = join(0, 1, free_port());
+        let params = params();
+        let overlap = one_per_bucket(&group, &params);
+        let once = plain(&X, false);
         overlap.arm().unwrap();
-        loss(&params).backward();
+        loss(&params, &X, false).backward();
         overlap.finish(1.0).unwrap();
-        let twice: Vec<Vec<f32>> = once
+        // Two micro-batches, the hooks armed for the second only.
+        zero(&params);
+        loss(&params, &X, false).backward();
+        overlap.arm().unwrap();
+        loss(&params, &X, false).backward();
+        overlap.finish(1.0).unwrap();
+        assert_eq!(overlap.stats(), (4, 3));
+        assert_eq!(grads(&params), scaled(&once, 2.0));
+    }
+
+    #[test]
+    fn two_ranks_sum_the_same_buckets_whatever_each_one_ran() {
+        let port = free_port();
+        let (x0, x1) = ([1.0f32, 2.0], [-0.5f32, 4.0]);
+        let rank = move |r: usize| {
+            move || {
+                let group = join(r, 2, port);
+                let params = params();
+                let overlap = one_per_bucket(&group, &params);
+                // Step 1: rank 1 has no micro-batch (it neither arms nor runs backward).
+                if r == 0 {
+                    overlap.arm().unwrap();
+                    loss(&params, &x0, false).backward();
+                }
+                overlap.finish(1.0).unwrap();
+                let first = grads(&params);
+                // Step 2: both train, and only rank 1 gives `unused` a gradient.
+                zero(&params);
+                overlap.arm().unwrap();
+                if r == 0 {
+                    loss(&params, &x0, false).backward();
+                } else {
+                    loss(&params, &x1, true).backward();
+                }
+                overlap.finish(2.0).unwrap();
+                (first, grads(&params), overlap.stats())
+            }
+        };
+        let one = std::thread::spawn(rank(1));
+        let zero_rank = rank(0)();
+        let one = one.join().expect("rank 1 finished");
+        let g0 = plain(&x0, false);
+        let g1 = plain(&x1, true);
+        let mean: Vec<Vec<f32>> = g0
             .iter()
-            .map(|g| g.iter().map(|v| v * 2.0).collect())
+            .zip(&g1)
+            .map(|(a, b)| a.iter().zip(b).map(|(a, b)| (a + b) / 2.0).collect())
             .collect();
-        assert_eq!(grads(&params[..3]), twice);
-        // All four parameters fit one default-sized bucket, started inside backward
-        // (the unused parameter's hook never fires; the bucket waits for the end).
-        assert_eq!(overlap.stats(), (1, 0));
+        // c, b and a start inside backward on both ranks; `unused`, last in rank 0's
+        // order, too on rank 1, which gave it a gradient.
+        for ((first, second, stats), started) in [zero_rank, one].into_iter().zip([3, 4]) {
+            assert_eq!(first, g0);
+            assert_eq!(second, mean);
+            assert_eq!(mean[3], vec![1.5]);
+            assert_eq!(stats, (4, started));
+        }
+    }
+
+    #[test]
+    fn a_group_needs_parameters_to_hook() {
+        let group = join(0, 1, free_port());
+        assert!(group.overlap(&[]).is_err());
+        // A tensor that takes no gradient cannot be hooked.
+        assert!(group.overlap(&[Tensor::from_slice(&[1.0f32])]).is_err());
     }
 }
