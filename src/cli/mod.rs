@@ -21,10 +21,13 @@ use crate::pack::PackSettings;
 use crate::pack::tokenizer::TokenizerConfig;
 use crate::plugin::{Outcome, Plugin};
 use crate::synth::SynthConfig;
-use crate::train::finetune::FinetuneConfig;
+use crate::train::finetune::{FinetuneConfig, Ranks};
 use crate::train::pretrain::PretrainConfig;
+use crate::train::pretrain::call_as_rank;
 use args::*;
-use ehrprep_plugin_api::requests::{FinetuneRequest, PretrainRequest, World};
+use ehrprep_plugin_api::requests::{
+    FinetuneRequest, LeaveRequest, PretrainRequest, SessionRequest, World,
+};
 use reporter::BarReporter;
 
 /// Parses arguments, runs the command, prints any error, and returns the exit code.
@@ -48,7 +51,11 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(
         cli.command,
-        Command::Pretrain(_) | Command::FinetuneRank(_) | Command::Sql(_) | Command::Plugins(_)
+        Command::Pretrain(_)
+            | Command::Finetune(_)
+            | Command::FinetuneRank(_)
+            | Command::Sql(_)
+            | Command::Plugins(_)
     ) {
         one_process_only()?;
     }
@@ -205,7 +212,42 @@ fn pretrain(args: PretrainArgs) -> anyhow::Result<()> {
 }
 
 fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    // First, so that a stop signal during the seconds libtorch takes to load is a stop.
+    let cancel = cancel_on_ctrl_c();
+    let world = crate::train::world::from_env(args.dist_timeout)?
+        .filter(|w| w.size > 1)
+        .map(|w| World {
+            backend: (args.dist_backend != "auto").then(|| args.dist_backend.clone()),
+            ..w
+        });
+    if let Some(w) = &world
+        && args.nproc_per_node.is_some()
+    {
+        anyhow::bail!(
+            "--nproc-per-node starts the ranks itself, but the environment makes this rank {} of {} (torchrun or srun): leave it out",
+            w.rank,
+            w.size
+        );
+    }
     let (run, plugin) = args.run.resolve("finetune")?;
+    if let Some(world) = &world {
+        if !plugin.info.capabilities.iter().any(|c| c == "session") {
+            anyhow::bail!(
+                "plugin `{}` cannot finetune as one rank of many (no `session` capability)",
+                plugin.info.name
+            );
+        }
+        let session = serde_json::to_string(&SessionRequest {
+            world: world.clone(),
+            device: run.device.clone(),
+        })?;
+        if world.rank > 0 {
+            // Trains what rank 0 sends; rank 0 records everything.
+            call_as_rank(&plugin, "session-follow", &session, world.rank, cancel)?;
+            return Ok(());
+        }
+        call_as_rank(&plugin, "session-join", &session, 0, cancel)?;
+    }
     let mut config = FinetuneConfig::new(args.task.into(), args.data, args.checkpoint);
     config.fractions = args.fractions;
     config.seeds = args.seeds;
@@ -214,17 +256,29 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     config.lr = args.lr;
     config.out = args.out;
     config.run = run;
-    if let Some(count) = args.nproc_per_node {
-        config.ranks = Some(crate::train::finetune::Ranks {
+    config.ranks = match (&world, args.nproc_per_node) {
+        (Some(world), _) => Some(Ranks::Session(world.clone())),
+        (None, Some(count)) => Some(Ranks::Local {
             program: std::env::current_exe()?,
             count,
             timeout_s: args.dist_timeout,
             backend: args.dist_backend,
-        });
-    }
-    let cancel = cancel_on_ctrl_c();
+        }),
+        (None, None) => None,
+    };
     let reporter = BarReporter::new(args.quiet);
-    for run in crate::train::finetune::run(&config, &plugin, cancel, &reporter)? {
+    let runs = crate::train::finetune::run(&config, &plugin, cancel, &reporter);
+    if world.is_some() {
+        // The other ranks return with rank 0, with an error when it failed.
+        let leave = serde_json::to_string(&LeaveRequest {
+            failed: runs.is_err(),
+        })?;
+        let left = call_as_rank(&plugin, "session-leave", &leave, 0, cancel);
+        if runs.is_ok() {
+            left?;
+        }
+    }
+    for run in runs? {
         let scores: Vec<String> = run
             .test
             .iter()
@@ -287,14 +341,14 @@ fn finetune_rank(args: FinetuneRankArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Only `pretrain` trains data-parallel. Under torchrun or srun every rank of any other
-/// command would write the same outputs, so it is refused before it starts.
+/// Only `pretrain` and `finetune` train data-parallel. Under torchrun or srun every rank of
+/// any other command would write the same outputs, so it is refused before it starts.
 fn one_process_only() -> anyhow::Result<()> {
     if let Some(world) = crate::train::world::from_env(0)?
         && world.size > 1
     {
         anyhow::bail!(
-            "this command runs as one process, but the environment makes it rank {} of {} (RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS): every rank would write the same outputs; only `ehrprep pretrain` trains data-parallel",
+            "this command runs as one process, but the environment makes it rank {} of {} (RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS): every rank would write the same outputs; only `ehrprep pretrain` and `ehrprep finetune` train data-parallel",
             world.rank,
             world.size
         );

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::{Connection, params};
-use ehrprep_plugin_api::requests::{FinetuneRequest, FinetuneResult};
+use ehrprep_plugin_api::requests::{FinetuneRequest, FinetuneResult, World};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -42,22 +42,38 @@ pub struct FinetuneConfig {
     pub out: Option<PathBuf>,
     #[serde(flatten)]
     pub run: ModelRun,
-    /// Train each epoch on this many local ranks; none: in this process. The results do
-    /// not depend on it, so it is not part of the settings a resumed run must match.
+    /// Train each epoch data-parallel; none: in this process. The results do not depend
+    /// on it, so it is not part of the settings a resumed run must match.
     #[serde(skip)]
     pub ranks: Option<Ranks>,
 }
 
-/// Data-parallel epochs: `count` processes of `program finetune-rank`, started through
-/// [`super::world::launch`].
+/// Data-parallel epochs.
 #[derive(Debug, Clone)]
-pub struct Ranks {
-    /// The `ehrprep` binary.
-    pub program: PathBuf,
-    pub count: usize,
-    pub timeout_s: u64,
-    /// `auto`, `nccl` or `gloo`.
-    pub backend: String,
+pub enum Ranks {
+    /// `count` processes of `program finetune-rank` per epoch, started through
+    /// [`super::world::launch`].
+    Local {
+        /// The `ehrprep` binary.
+        program: PathBuf,
+        count: usize,
+        timeout_s: u64,
+        /// `auto`, `nccl` or `gloo`.
+        backend: String,
+    },
+    /// This process is rank 0 of a world a launcher started (torchrun, srun), in a plugin
+    /// session (`session-join`): each epoch's request goes to the plugin with this world,
+    /// and the plugin hands it on to the other ranks.
+    Session(World),
+}
+
+impl Ranks {
+    fn count(&self) -> usize {
+        match self {
+            Ranks::Local { count, .. } => *count,
+            Ranks::Session(world) => world.size,
+        }
+    }
 }
 
 impl FinetuneConfig {
@@ -183,10 +199,10 @@ pub fn run(
         ));
     }
     let grad_accum = config.effective_batch.div_ceil(batch_size.max(1)).max(1);
-    if let Some(ranks) = config.ranks.as_ref().filter(|r| r.count > grad_accum) {
+    if let Some(ranks) = config.ranks.as_ref().filter(|r| r.count() > grad_accum) {
         reporter.note(&format!(
             "warning: a step has {grad_accum} micro-batches of {batch_size} for {} ranks, so some ranks idle; a smaller --batch-size gives each rank work",
-            ranks.count
+            ranks.count()
         ));
     }
 
@@ -427,7 +443,15 @@ impl Grid<'_> {
 
     /// One epoch on `ranks` local processes: the request goes to them through a file, rank
     /// 0's answer comes back through another. Ctrl-C here reaches each rank once.
-    fn train_on_ranks(&self, ranks: &Ranks, run: &Run<'_>, request: &str) -> Result<Outcome> {
+    fn train_on_ranks(
+        &self,
+        program: &Path,
+        count: usize,
+        timeout_s: u64,
+        backend: &str,
+        run: &Run<'_>,
+        request: &str,
+    ) -> Result<Outcome> {
         let (request_path, result_path) = (
             run.dir.join("epoch-request.json"),
             run.dir.join("epoch-result.json"),
@@ -445,13 +469,13 @@ impl Grid<'_> {
             "--plugin".into(),
             self.plugin.path.clone().into(),
             "--dist-timeout".into(),
-            ranks.timeout_s.to_string().into(),
+            timeout_s.to_string().into(),
             "--dist-backend".into(),
-            ranks.backend.clone().into(),
+            backend.into(),
         ];
         let cancel = self.cancel;
         let interrupts = || usize::from(cancel.load(std::sync::atomic::Ordering::SeqCst));
-        super::world::launch(&ranks.program, &args, ranks.count, &interrupts)?;
+        super::world::launch(program, &args, count, &interrupts)?;
         let answer = std::fs::read_to_string(&result_path);
         let _ = std::fs::remove_file(&request_path);
         let _ = std::fs::remove_file(&result_path);
@@ -504,15 +528,25 @@ impl Grid<'_> {
                 seed: run.seed,
                 device: config.run.device.clone(),
                 threads: config.run.threads,
-                world: None,
+                world: match &config.ranks {
+                    Some(Ranks::Session(world)) => Some(world.clone()),
+                    _ => None,
+                },
             };
             let request = serde_json::to_string(&request).expect("the request serializes");
             let outcome = match &config.ranks {
                 _ if self.cancel.load(std::sync::atomic::Ordering::SeqCst) => {
                     Outcome::Cancelled("{}".into())
                 }
-                Some(ranks) => self.train_on_ranks(ranks, run, &request)?,
-                None => self.plugin.call("finetune", &request, &mut sink)?,
+                Some(Ranks::Local {
+                    program,
+                    count,
+                    timeout_s,
+                    backend,
+                }) => self.train_on_ranks(program, *count, *timeout_s, backend, run, &request)?,
+                Some(Ranks::Session(_)) | None => {
+                    self.plugin.call("finetune", &request, &mut sink)?
+                }
             };
             let trained = match outcome {
                 Outcome::Finished(json) => json,

@@ -58,7 +58,7 @@ fn errors_print_once_with_their_causes_and_exit_2() {
 }
 
 #[test]
-fn commands_other_than_pretrain_refuse_to_run_as_one_rank_of_many() {
+fn commands_that_do_not_train_refuse_to_run_as_one_rank_of_many() {
     let dir = Dir::new();
     let rank = [
         ("RANK", Path::new("1")),
@@ -68,10 +68,31 @@ fn commands_other_than_pretrain_refuse_to_run_as_one_rank_of_many() {
     let run = dir.ehrprep_env(&["build", "--mimic-dir", "missing", "--out", "out"], &rank);
     let stderr = run.fails();
     assert!(stderr.contains("rank 1 of 2"), "{stderr}");
-    assert!(stderr.contains("only `ehrprep pretrain`"), "{stderr}");
+    assert!(
+        stderr.contains("only `ehrprep pretrain` and `ehrprep finetune`"),
+        "{stderr}"
+    );
     // Nothing was started: no output folder.
     assert!(!dir.join("out").exists());
     // Reading the catalog is harmless anywhere.
     let run = dir.ehrprep_env(&["plugins", "list"], &rank);
     assert!(!run.stderr().contains("rank 1 of 2"));
+    // A finetuning rank does not start ranks of its own.
+    let args = [
+        "finetune",
+        "--task",
+        "mednli",
+        "--data",
+        "d",
+        "--checkpoint",
+        "c",
+        "--nproc-per-node",
+        "2",
+    ];
+    let stderr = dir.ehrprep_env(&args, &rank).fails();
+    assert!(
+        stderr.contains("--nproc-per-node starts the ranks itself"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rank 1 of 2"), "{stderr}");
 }

@@ -212,6 +212,26 @@ impl FinetuneRequest {
     pub const DROPOUT: f64 = 0.1;
 }
 
+/// `session-join` (rank 0) and `session-follow` (every other rank): finetuning as one
+/// rank of a launched world (torchrun, srun). The ranks join one process group that lasts
+/// until `session-leave`; while rank 0 holds it, each `finetune` call with a `world` trains
+/// on it and first sends its request to the others, which wait for it in `session-follow`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub world: World,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+/// `session-leave` (rank 0): the followers return, with an error when `failed`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveRequest {
+    #[serde(default)]
+    pub failed: bool,
+}
+
 /// What `finetune` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneResult {

@@ -27,6 +27,11 @@ pub struct Group {
     scalars: Device,
 }
 
+// SAFETY: a c10d process group may be used from any thread; the plugin uses each from one
+// thread at a time (a finetuning session's behind its lock).
+#[allow(unsafe_code)]
+unsafe impl Send for Group {}
+
 /// Whether the plugin was built with NCCL.
 pub fn has_nccl() -> bool {
     // SAFETY: reads a constant.
@@ -198,6 +203,30 @@ impl Group {
             group: self,
             during_backward: std::env::var_os("EHRPREP_DIST_OVERLAP").is_none_or(|v| v != "0"),
         })
+    }
+
+    /// Rank 0's bytes, on every rank: rank 0 passes them, the others `None`.
+    pub fn broadcast_bytes(&self, bytes: Option<&[u8]>) -> Result<Vec<u8>, CallError> {
+        if bytes.is_some() != (self.rank == 0) {
+            return Err(CallError::Failed(format!(
+                "rank {}: only rank 0 sends bytes to the others",
+                self.rank
+            )));
+        }
+        let mut len =
+            Tensor::from_slice(&[bytes.map_or(0, |b| b.len() as i64)]).to_device(self.scalars);
+        self.broadcast(&mut len, 0)?;
+        let n = len.int64_value(&[0]);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut data = match bytes {
+            Some(b) => Tensor::from_slice(b),
+            None => Tensor::zeros([n], (Kind::Uint8, Device::Cpu)),
+        }
+        .to_device(self.scalars);
+        self.broadcast(&mut data, 0)?;
+        Ok(Vec::<u8>::try_from(&data.to_device(Device::Cpu)).expect("a 1-d u8 tensor converts"))
     }
 
     /// The sums over all ranks of a few numbers (losses, token counts, stop flags), in f64.

@@ -100,6 +100,24 @@ fn micro_seed(mix: u64, step: usize, micro: usize) -> i64 {
 /// micro-batch m of a step is trained by rank m mod N; the weighted gradients are summed
 /// over the ranks, so N ranks give one process's update. Rank 0 writes the checkpoint.
 pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult, CallError> {
+    if req.world.is_some()
+        && let Some(result) = crate::session::lead(req, |group| epoch(req, host, group))?
+    {
+        return Ok(result);
+    }
+    let group = match &req.world {
+        Some(w) => Some(Group::join(w, rank_device(&req.device, Some(w))?)?),
+        None => None,
+    };
+    epoch(req, host, group.as_ref())
+}
+
+/// [`finetune`] on a group already joined (or none).
+pub(crate) fn epoch(
+    req: &FinetuneRequest,
+    host: &Host<'_>,
+    group: Option<&Group>,
+) -> Result<FinetuneResult, CallError> {
     if req.threads > 0 {
         tch::set_num_threads(req.threads);
     }
@@ -116,12 +134,7 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
             req.train.display()
         )));
     }
-    let group = req
-        .world
-        .as_ref()
-        .map(|w| Group::join(w, device))
-        .transpose()?;
-    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank, g.size));
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.size));
     let (vs, model) = load(&req.init, device, Some(req.dropout))?;
     let mut optimizer = Optimizer::new(OptimizerKind::Adafactor);
     optimizer.scale_parameter = false;
@@ -151,13 +164,13 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
     let per_step = req.batch_size * req.grad_accum.max(1);
     let (mut steps, mut loss_sum, mut batches) = (0u64, 0.0, 0u64);
     let pad_id = model.config.pad_token_id;
-    let overlap = match &group {
+    let overlap = match group {
         Some(g) => Some(g.overlap(&crate::train::trainable(&params))?),
         None => None,
     };
     for (step, chunk) in order.chunks(per_step).enumerate() {
         // Every rank stops at the same step when any one is asked to.
-        let stop = match &group {
+        let stop = match group {
             Some(g) => g.sum(&[f64::from(u8::from(host.cancelled()))])?[0] > 0.0,
             None => host.cancelled(),
         };
@@ -218,7 +231,7 @@ pub fn finetune(req: &FinetuneRequest, host: &Host<'_>) -> Result<FinetuneResult
         tokenizer_sha256: String::new(),
         validation_loss: None,
     };
-    if let Some(g) = &group {
+    if let Some(g) = group {
         let sums = g.sum(&[loss_sum, batches as f64])?;
         (loss_sum, batches) = (sums[0], sums[1] as u64);
     }

@@ -12,9 +12,12 @@ pub mod finetune;
 pub mod generate;
 pub mod model;
 pub mod optim;
+pub mod session;
 pub mod train;
 
-use ehrprep_plugin_api::requests::{FinetuneRequest, GenerateRequest, PretrainRequest};
+use ehrprep_plugin_api::requests::{
+    FinetuneRequest, GenerateRequest, LeaveRequest, PretrainRequest, SessionRequest,
+};
 use ehrprep_plugin_api::{CallError, Host, Plugin, PluginInfo, export_plugin};
 
 /// libtorch's random generator is global: whatever seeds it and then draws (initial
@@ -26,7 +29,7 @@ pub struct T5Plugin;
 
 impl Plugin for T5Plugin {
     fn info() -> PluginInfo {
-        let mut capabilities: Vec<String> = ["pretrain", "finetune", "generate"]
+        let mut capabilities: Vec<String> = ["pretrain", "finetune", "generate", "session"]
             .into_iter()
             .map(String::from)
             .collect();
@@ -66,6 +69,21 @@ impl Plugin for T5Plugin {
                 let req: GenerateRequest = serde_json::from_str(request)
                     .map_err(|e| CallError::Failed(format!("bad generate request: {e}")))?;
                 Ok(finetune::generate(&req, host)?.to_string())
+            }
+            "session-join" | "session-follow" | "session-leave" => {
+                let bad =
+                    |e: serde_json::Error| CallError::Failed(format!("bad {method} request: {e}"));
+                match method {
+                    "session-join" => session::join(&serde_json::from_str(request).map_err(bad)?),
+                    "session-follow" => {
+                        let req: SessionRequest = serde_json::from_str(request).map_err(bad)?;
+                        session::follow(&req, host)
+                    }
+                    _ => {
+                        let req: LeaveRequest = serde_json::from_str(request).map_err(bad)?;
+                        session::leave(&req)
+                    }
+                }
             }
             other => Err(CallError::Failed(format!(
                 "the t5 plugin has no method `{other}`"

@@ -421,8 +421,8 @@ fn finetuning_epochs_on_two_ranks_equal_one_process() {
     dir.build_fixtures_for_training("out").ok();
     let plugin = t5_plugin();
     dir.ehrprep(&pretrain_args(&plugin, "runs/p", "10")).ok();
-    let finetune = |out: &str, extra: &[&str]| {
-        let mut args = vec![
+    let finetune_args = |out: &'static str| {
+        vec![
             "finetune",
             "--task",
             "mednli",
@@ -451,15 +451,37 @@ fn finetuning_epochs_on_two_ranks_equal_one_process() {
             "--out",
             out,
             "--plugin",
-            &plugin,
+            plugin.as_str(),
             "--quiet",
-        ];
+        ]
+    };
+    let finetune = |out: &'static str, extra: &[&str]| {
+        let mut args = finetune_args(out);
         args.extend_from_slice(extra);
         dir.ehrprep(&args).ok()
     };
     finetune("ft/one", &[]);
     let stdout = finetune("ft/two", &["--nproc-per-node", "2"]);
     assert!(stdout.contains("finished"), "{stdout}");
+
+    // As torchrun or srun starts it: every rank runs `finetune`; rank 0 reads the data,
+    // records and scores, and hands each epoch to rank 1 through the process group.
+    let args = finetune_args("ft/joined");
+    let port = free_port();
+    let ranks: Vec<_> = (0..2).map(|r| rank(&dir, &args, r, port)).collect();
+    let outs: Vec<_> = ranks
+        .into_iter()
+        .map(|child| wait_at_most(child, Duration::from_secs(300)))
+        .collect();
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(String::from_utf8_lossy(&outs[0].stdout).contains("finished"));
+    assert!(outs[1].stdout.is_empty(), "rank 1 reports nothing");
 
     // The step's four micro-batches are dealt out two and two, dropout masks follow the
     // micro-batch, not the rank: the same epochs, losses and scores as one process.
@@ -480,8 +502,57 @@ fn finetuning_epochs_on_two_ranks_equal_one_process() {
     let one = scores("ft/one");
     assert!(one.iter().any(|r| r[0] == "train"), "{one:?}");
     assert_eq!(scores("ft/two"), one);
+
+    assert_weights_close(&epoch("ft/joined"), &epoch("ft/one"), 1e-5);
+    assert_eq!(scores("ft/joined"), one);
+    let runs = rows(
+        &db,
+        "SELECT count(*)::VARCHAR FROM eval_runs WHERE out LIKE '%/ft/joined/%'",
+    );
+    assert_eq!(
+        runs,
+        vec![vec!["1".to_string()]],
+        "rank 0 alone records the run"
+    );
     // Nothing of the hand-over is left behind.
     let run = dir.join("ft/two/mednli-0.1-s1");
     assert!(!run.join("epoch-request.json").exists());
     assert!(!run.join("epoch-result.json").exists());
+}
+
+#[test]
+fn a_finetuning_rank_0_that_fails_lets_the_others_go_with_an_error() {
+    let dir = Dir::new();
+    let plugin = t5_plugin();
+    // No checkpoint and no data: rank 0 fails after the ranks have joined.
+    let args = [
+        "finetune",
+        "--task",
+        "mednli",
+        "--data",
+        "missing",
+        "--checkpoint",
+        "missing-run",
+        "--device",
+        "cpu",
+        "--plugin",
+        plugin.as_str(),
+        "--dist-timeout",
+        "60",
+    ];
+    let port = free_port();
+    let ranks: Vec<_> = (0..2).map(|r| rank(&dir, &args, r, port)).collect();
+    let outs: Vec<_> = ranks
+        .into_iter()
+        .map(|child| wait_at_most(child, Duration::from_secs(50)))
+        .collect();
+    let stderr = |r: usize| String::from_utf8_lossy(&outs[r].stderr).into_owned();
+    assert_eq!(outs[0].status.code(), Some(2), "{}", stderr(0));
+    assert!(stderr(0).contains("missing"), "{}", stderr(0));
+    assert_eq!(outs[1].status.code(), Some(2), "{}", stderr(1));
+    assert!(
+        stderr(1).contains("rank 0 stopped with an error"),
+        "{}",
+        stderr(1)
+    );
 }
