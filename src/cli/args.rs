@@ -256,7 +256,9 @@ pub(crate) struct FinetuneArgs {
     /// one process's; validation and test generation stay in this process.
     #[arg(long, value_name = "N")]
     pub(crate) nproc_per_node: Option<usize>,
-    /// Seconds a rank waits for the others before failing.
+    /// Seconds a rank waits for the others (joining, each collective) before failing. Under
+    /// torchrun or srun the other ranks wait out rank 0's validation, test scoring and the
+    /// next run's encoding between epochs: more than those take.
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub(crate) dist_timeout: u64,
     /// auto (NCCL on CUDA where the plugin has it, else Gloo), nccl or gloo.

@@ -243,7 +243,23 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         })?;
         if world.rank > 0 {
             // Trains what rank 0 sends; rank 0 records everything.
-            call_as_rank(&plugin, "session-follow", &session, world.rank, cancel)?;
+            let (Outcome::Finished(json) | Outcome::Cancelled(json)) =
+                call_as_rank(&plugin, "session-follow", &session, world.rank, cancel)?;
+            let epochs = serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v["epochs"].as_u64())
+                .with_context(|| {
+                    format!(
+                        "plugin `{}`: session-follow answered `{json}`, not {{\"epochs\": N}}",
+                        plugin.info.name
+                    )
+                })?;
+            println!(
+                "rank {} of {}: trained {epochs} epoch{} for rank 0",
+                world.rank,
+                world.size,
+                if epochs == 1 { "" } else { "s" }
+            );
             return Ok(());
         }
         call_as_rank(&plugin, "session-join", &session, 0, cancel)?;

@@ -385,10 +385,10 @@ mod ffi {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn join(rank: usize, size: usize, port: u16) -> Group {
+    pub(crate) fn join(rank: usize, size: usize, port: u16) -> Group {
         let world = World {
             rank,
             size,
@@ -403,7 +403,7 @@ mod tests {
         Group::join(&world, Device::Cpu).expect("joining a loopback group")
     }
 
-    fn free_port() -> u16 {
+    pub(crate) fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

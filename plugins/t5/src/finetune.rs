@@ -48,6 +48,48 @@ pub fn read_encoded(path: &Path) -> Result<Vec<Encoded>, CallError> {
     Ok(out)
 }
 
+/// Ranks on other machines read the epoch's files through paths rank 0 chose: a copy that
+/// differs there would train silently on other data, so every rank checks it holds what
+/// rank 0 holds (the examples, the optimizer's step and the shapes of its state) before
+/// the first step.
+fn same_start(
+    group: &Group,
+    examples: &[Encoded],
+    optimizer: &Optimizer,
+    train: &Path,
+) -> Result<(), CallError> {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut mix = |v: i64| {
+        for b in v.to_le_bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    mix(optimizer.step as i64);
+    for (name, t) in optimizer.state_tensors() {
+        name.bytes().for_each(|b| mix(i64::from(b)));
+        t.size().into_iter().for_each(&mut mix);
+    }
+    for e in examples {
+        for ids in [&e.input_ids, &e.target_ids] {
+            mix(ids.len() as i64);
+            ids.iter().copied().for_each(&mut mix);
+        }
+    }
+    let mine = hash.to_le_bytes();
+    let rank_0s = group.broadcast_bytes((group.rank == 0).then_some(&mine[..]))?;
+    let differ = group.sum(&[f64::from(u8::from(rank_0s != mine))])?[0];
+    if differ > 0.0 {
+        return Err(CallError::Failed(format!(
+            "{differ} of {} ranks read other training examples or optimizer state than rank 0 \
+             from `{}` and the checkpoint it names: ranks on other machines need the same files \
+             at the same paths",
+            group.size,
+            train.display()
+        )));
+    }
+    Ok(())
+}
+
 fn load(dir: &Path, device: Device, dropout: Option<f64>) -> Result<(nn::VarStore, T5), CallError> {
     let mut config = T5Config::read(dir)?;
     if let Some(p) = dropout {
@@ -148,6 +190,12 @@ pub(crate) fn epoch(
     }
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(g) = group {
+        same_start(g, &examples, &optimizer, &req.train)?;
+        // Whatever checkpoint copy each machine read, every rank starts from rank 0's.
+        let state = optimizer.state_tensors().map(|(_, t)| t);
+        g.broadcast_all(params.iter().map(|(_, p)| p).chain(state))?;
+    }
 
     // This epoch's order and dropout masks follow from (seed, epoch) alone.
     let mix = req.seed.wrapping_mul(ehrprep_data::rng::GOLDEN)
@@ -282,4 +330,63 @@ pub fn generate(req: &GenerateRequest, host: &Host<'_>) -> Result<serde_json::Va
     }
     crate::checkpoint::write_atomic(&req.out, &bytes)?;
     Ok(serde_json::json!({"predictions": examples.len(), "out": req.out}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::tests::{free_port, join};
+
+    fn message(e: CallError) -> String {
+        match e {
+            CallError::Failed(m) | CallError::Cancelled(m) => m,
+        }
+    }
+
+    fn examples(last_target: i64) -> Vec<Encoded> {
+        (0..3)
+            .map(|i| Encoded {
+                id: format!("e{i}"),
+                input_ids: vec![i, 5, 1],
+                target_ids: vec![7, if i == 2 { last_target } else { 3 }, 1],
+            })
+            .collect()
+    }
+
+    /// Each rank's outcome of `same_start` when rank 1 holds `rank_1s` examples at `step`.
+    fn start(rank_1s: Vec<Encoded>, step: u64) -> [Result<(), String>; 2] {
+        let port = free_port();
+        let path = Path::new("runs/train.jsonl");
+        let one = std::thread::spawn(move || {
+            let mut optimizer = Optimizer::new(OptimizerKind::Adafactor);
+            optimizer.step = step;
+            let group = join(1, 2, port);
+            same_start(&group, &rank_1s, &optimizer, Path::new("runs/train.jsonl")).map_err(message)
+        });
+        let group = join(0, 2, port);
+        let zero = same_start(
+            &group,
+            &examples(3),
+            &Optimizer::new(OptimizerKind::Adafactor),
+            path,
+        )
+        .map_err(message);
+        [zero, one.join().expect("rank 1 finished")]
+    }
+
+    #[test]
+    fn ranks_that_read_other_examples_or_another_step_stop_together_with_the_path() {
+        assert_eq!(start(examples(3), 0), [Ok(()), Ok(())]);
+        for (rank_1s, step) in [
+            (examples(4), 0),
+            (examples(3), 1),
+            (examples(3)[..2].to_vec(), 0),
+        ] {
+            for outcome in start(rank_1s, step) {
+                let e = outcome.unwrap_err();
+                assert!(e.contains("1 of 2 ranks"), "{e}");
+                assert!(e.contains("`runs/train.jsonl`"), "{e}");
+            }
+        }
+    }
 }

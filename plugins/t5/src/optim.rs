@@ -106,6 +106,13 @@ impl Optimizer {
             .collect()
     }
 
+    /// The state's tensors in a fixed order (by parameter name), with their names.
+    pub fn state_tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.state
+            .iter()
+            .flat_map(|(name, v)| v.iter().map(move |t| (name.as_str(), t)))
+    }
+
     /// Restores state written by [`named_state`](Self::named_state).
     pub fn load_state(
         &mut self,

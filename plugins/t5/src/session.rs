@@ -54,7 +54,7 @@ pub fn lead(
     req: &FinetuneRequest,
     epoch: impl FnOnce(Option<&Group>) -> Result<FinetuneResult, CallError>,
 ) -> Result<Option<FinetuneResult>, CallError> {
-    let held = session();
+    let mut held = session();
     let Some((world, group)) = held.as_ref() else {
         return Ok(None);
     };
@@ -66,8 +66,20 @@ pub fn lead(
     let mut sent = req.clone();
     sent.world = None;
     let json = serde_json::to_vec(&sent).expect("the request serializes");
-    group.broadcast_bytes(Some(&json))?;
-    epoch(Some(group)).map(Some)
+    let result = group
+        .broadcast_bytes(Some(&json))
+        .and_then(|_| epoch(Some(group)));
+    match result {
+        Ok(result) => Ok(Some(result)),
+        // Every rank stopped at the same step and waits for the next message.
+        Err(CallError::Cancelled(e)) => Err(CallError::Cancelled(e)),
+        Err(e) => {
+            // The others may sit in a collective of this epoch, where a broadcast from
+            // `leave` would not reach them: leaving the group makes their collective fail.
+            drop(held.take());
+            Err(e)
+        }
+    }
 }
 
 /// A rank other than 0: trains each epoch rank 0 sends, until it leaves.
