@@ -145,6 +145,7 @@ pub fn launch(
             .env("MASTER_PORT", port.to_string())
             .env("OMP_NUM_THREADS", &threads)
             .process_group(0);
+        interruptible(&mut command);
         match command.spawn() {
             Ok(child) => children.push(Some(child)),
             Err(e) => {
@@ -157,6 +158,21 @@ pub fn launch(
         }
     }
     supervise(children, GRACE, interrupts)
+}
+
+/// A launcher started in the background (`cmd &`, nohup) inherits SIGINT ignored, and so
+/// would its ranks: one still loading would then miss the interrupt the launcher forwards.
+/// The launcher handles SIGINT itself, so its ranks get the default action back.
+#[allow(unsafe_code)] // a pre_exec hook, the only way to set a child's signal disposition
+fn interruptible(command: &mut Command) {
+    // SAFETY: runs between fork and exec; `signal` is async-signal-safe and touches no
+    // memory of this process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
 }
 
 /// Waits for every child; once one fails, the others get `grace` before they are killed.
@@ -378,36 +394,58 @@ mod tests {
         supervise(vec![spawn("exit 0"), spawn("true")], grace, &none).unwrap();
     }
 
+    /// `script` as a rank spawned with SIGINT ignored, as under `nohup` or `cmd &`, then
+    /// given the launcher's reset.
+    #[allow(unsafe_code)]
+    fn rank_ignoring_interrupts(script: &str) -> Child {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        // SAFETY: between fork and exec; `signal` is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        interruptible(&mut command);
+        command.spawn().expect("sh starts")
+    }
+
+    /// Supervises `rank` and counts one interrupt once `ready` exists.
+    fn interrupt_when(rank: Child, ready: &std::path::Path) -> Result<()> {
+        let interrupts = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let asked = Instant::now();
+                while !ready.exists() && asked.elapsed() < Duration::from_secs(30) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                interrupts.fetch_add(1, Ordering::SeqCst);
+            });
+            let count = || interrupts.load(Ordering::SeqCst);
+            supervise(vec![Some(rank)], Duration::from_secs(1), &count)
+        })
+    }
+
     #[test]
     fn interrupts_are_forwarded_to_the_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
         // A rank that exits 7 on SIGINT and would otherwise run for a minute.
-        let rank = Command::new("sh")
-            .args(["-c", "trap 'exit 7' INT; sleep 60 & wait"])
-            .spawn()
-            .unwrap();
-        let interrupts = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(300));
-                interrupts.fetch_add(1, Ordering::SeqCst);
-            });
-            let count = || interrupts.load(Ordering::SeqCst);
-            let e = supervise(vec![Some(rank)], Duration::from_secs(1), &count)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("exit status: 7"), "{e}");
-        });
+        let script = format!(
+            "trap 'kill $!; exit 7' INT; touch '{}'; sleep 60 & wait",
+            ready.display()
+        );
+        let started = Instant::now();
+        let e = interrupt_when(rank_ignoring_interrupts(&script), &ready)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exit status: 7"), "{e}");
         // A rank the interrupt reaches before it handles signals dies of it: a stop, not a
         // failure.
-        let loading = Command::new("sleep").arg("60").spawn().unwrap();
-        let interrupts = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(300));
-                interrupts.fetch_add(1, Ordering::SeqCst);
-            });
-            let count = || interrupts.load(Ordering::SeqCst);
-            supervise(vec![Some(loading)], Duration::from_secs(1), &count).unwrap();
-        });
+        let ready = dir.path().join("loading");
+        let script = format!("touch '{}'; exec sleep 60", ready.display());
+        interrupt_when(rank_ignoring_interrupts(&script), &ready).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 }
